@@ -1,0 +1,236 @@
+"""The voice-agent worker: Avery, a nurse assistant, on LiveKit Agents.
+
+Speech flows Deepgram STT -> Groq LLM -> Knowlithic TTS (our websocket plugin, normally the
+self-hosted server in tts_server/), with Silero VAD, a local turn detector and BVC noise
+cancellation on the caller's audio.  All configuration comes from settings.py.
+
+    python agent.py download-files   # nothing to configure; safe in a Docker build
+    python agent.py console          # talk to the agent locally (no LiveKit server needed)
+    python agent.py dev | start      # join rooms on the LiveKit server in LIVEKIT_URL
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Final
+
+from dotenv import load_dotenv
+from livekit.agents import (
+    Agent,
+    AgentServer,
+    AgentSession,
+    JobContext,
+    JobProcess,
+    TurnHandlingOptions,
+    cli,
+    inference,
+    room_io,
+)
+from livekit.agents.tts import TTS as BaseTTS
+from livekit.agents.vad import VAD
+from livekit.plugins import deepgram, groq, noise_cancellation, silero
+
+from settings import ConfigError, Settings, load_settings
+from tts_custom.knowlithictts import TTS as KnowlithicTTS
+
+logger = logging.getLogger("agent")
+
+GREETING_INSTRUCTIONS: Final = (
+    "The caller has just joined. Greet them warmly in one or two short sentences, "
+    "introduce yourself, and ask how you can help today."
+)
+
+# Subcommands that run the agent, and whether they need the LiveKit credentials.  `console`
+# talks to a local terminal and never connects to a server.  Everything else (download-files,
+# --help) must work on a fresh machine with no configuration at all.
+_RUN_COMMANDS: Final[Mapping[str, bool]] = {
+    "start": True,
+    "dev": True,
+    "connect": True,
+    "console": False,
+}
+# Flags of those subcommands that stand in for the LiveKit variables.
+_LIVEKIT_FLAGS: Final[Mapping[str, str]] = {
+    "--url": "LIVEKIT_URL",
+    "--api-key": "LIVEKIT_API_KEY",
+    "--api-secret": "LIVEKIT_API_SECRET",
+}
+
+
+class Assistant(Agent):
+    """The agent the caller talks to; ``instructions`` is its system prompt."""
+
+    def __init__(self, *, instructions: str) -> None:
+        super().__init__(instructions=instructions)
+
+    async def on_enter(self) -> None:
+        # Speak first, so the caller is not left in silence wondering whether anyone is there.
+        self.session.generate_reply(instructions=GREETING_INSTRUCTIONS)
+
+
+# --- building blocks, each from validated Settings ---------------------------
+
+
+def load_dotenv_from_cwd() -> None:
+    """Read ``.env`` from the working directory; real environment variables win.
+
+    Only the working directory: a run from elsewhere (the tests, a container) never picks up
+    a developer's .env from next to this file.
+    """
+    load_dotenv(Path.cwd() / ".env", override=False)
+
+
+def load_vad(settings: Settings) -> VAD:
+    return silero.VAD.load(
+        activation_threshold=settings.vad_activation_threshold,
+        min_speech_duration=settings.vad_min_speech_duration,
+        min_silence_duration=settings.vad_min_silence_duration,
+    )
+
+
+def build_tts(settings: Settings) -> KnowlithicTTS:
+    return KnowlithicTTS(
+        base_url=settings.tts_server_url,
+        voice=settings.tts_voice,
+        sample_rate=settings.tts_sample_rate,
+        api_key=settings.tts_api_key,
+    )
+
+
+def build_turn_handling() -> TurnHandlingOptions:
+    return TurnHandlingOptions(
+        # The v1-mini end-of-turn model runs in-process from weights bundled with
+        # livekit-local-inference: no download, no network.  Left unpinned, the framework picks
+        # the cloud "v1" model in dev mode, which only LiveKit Cloud serves.  The model listens
+        # to audio rather than reading text, and languages without a tuned threshold use the
+        # English one, so it suits DEEPGRAM_LANGUAGE=multi.
+        turn_detection=inference.TurnDetector(version="v1-mini"),
+        # "adaptive" interruption calls LiveKit Cloud inference; VAD works on any server and
+        # behaves the same in dev and production.
+        interruption={"mode": "vad"},
+    )
+
+
+def build_session(settings: Settings, *, vad: VAD, tts: BaseTTS[Any]) -> AgentSession[None]:
+    return AgentSession(
+        stt=deepgram.STT(
+            model=settings.deepgram_model,
+            language=settings.deepgram_language,
+            api_key=settings.deepgram_api_key,
+        ),
+        llm=groq.LLM(model=settings.groq_model, api_key=settings.groq_api_key),
+        tts=tts,
+        vad=vad,
+        turn_handling=build_turn_handling(),
+        # The Knowlithic plugin sends word timings, so captions follow the audio word by word.
+        use_tts_aligned_transcript=True,
+    )
+
+
+def build_room_options(settings: Settings) -> room_io.RoomOptions:
+    # BVC needs the noise-cancellation filter on the LiveKit server (LiveKit Cloud has it);
+    # self-hosted servers without it set NOISE_CANCELLATION=false.
+    filter_ = noise_cancellation.BVC() if settings.noise_cancellation else None
+    return room_io.RoomOptions(audio_input=room_io.AudioInputOptions(noise_cancellation=filter_))
+
+
+# --- the worker --------------------------------------------------------------
+
+
+def setup_process(proc: JobProcess) -> None:
+    """Per job process, before any job: validate the settings once and load the VAD model."""
+    load_dotenv_from_cwd()
+    # The worker hands job processes their LiveKit connection; only the worker needs the keys.
+    settings = load_settings(os.environ, require_livekit=False)
+    proc.userdata["settings"] = settings
+    proc.userdata["vad"] = load_vad(settings)
+
+
+server = AgentServer(setup_fnc=setup_process)
+
+
+@server.rtc_session()
+async def entrypoint(ctx: JobContext) -> None:
+    settings: Settings = ctx.proc.userdata["settings"]
+    ctx.log_context_fields = {"room": ctx.room.name}
+
+    voice = build_tts(settings)
+    # Open the TTS websocket now, while the room connects, so the greeting does not wait on it.
+    voice.prewarm()
+    ctx.add_shutdown_callback(voice.aclose)
+
+    session = build_session(settings, vad=ctx.proc.userdata["vad"], tts=voice)
+
+    async def log_usage() -> None:
+        usage = ", ".join(repr(u) for u in session.usage.model_usage) or "none"
+        logger.info("session usage: %s", usage)
+
+    ctx.add_shutdown_callback(log_usage)
+    logger.info(
+        "starting session",
+        extra={
+            "stt_model": settings.deepgram_model,
+            "llm_model": settings.groq_model,
+            "tts_voice": settings.tts_voice,
+            "prompt": settings.prompt_source,
+            "noise_cancellation": settings.noise_cancellation,
+        },
+    )
+    await session.start(
+        agent=Assistant(instructions=settings.instructions),
+        room=ctx.room,
+        room_options=build_room_options(settings),
+    )
+
+
+# --- start-up check ----------------------------------------------------------
+
+
+def check_config(args: Sequence[str], environ: Mapping[str, str]) -> Settings | None:
+    """Validate the configuration the subcommand in ``args`` needs.
+
+    Returns ``None`` when it needs none (download-files, --help), the settings otherwise, and
+    raises :class:`ConfigError` naming every problem.  ``cli.run_app`` takes no options before
+    the subcommand, so the subcommand is ``args[0]``.
+    """
+    if not args or args[0] not in _RUN_COMMANDS or "--help" in args:
+        return None
+    needs_livekit = _RUN_COMMANDS[args[0]]
+    return load_settings({**environ, **_livekit_flags(args)}, require_livekit=needs_livekit)
+
+
+def _livekit_flags(args: Sequence[str]) -> dict[str, str]:
+    """The LiveKit variables given as ``--url X`` or ``--url=X`` (the CLI prefers them)."""
+    found: dict[str, str] = {}
+    for i, arg in enumerate(args):
+        flag, has_value, value = arg.partition("=")
+        if flag in _LIVEKIT_FLAGS:
+            if not has_value:
+                value = args[i + 1] if i + 1 < len(args) else ""
+            found[_LIVEKIT_FLAGS[flag]] = value
+    return found
+
+
+def main() -> None:
+    load_dotenv_from_cwd()
+    try:
+        check_config(sys.argv[1:], os.environ)
+    except ConfigError as e:
+        # The framework would start anyway (and exit 0 without a LiveKit URL): stop here with
+        # the whole list, before any process is spawned.
+        print(
+            f"{Path(sys.argv[0]).name} {sys.argv[1]}: {e}\n"
+            "Set these in the environment or in a .env file in the working directory "
+            "(see .env.example).",
+            file=sys.stderr,
+        )
+        sys.exit(1)
+    cli.run_app(server)
+
+
+if __name__ == "__main__":
+    main()

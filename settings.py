@@ -1,0 +1,291 @@
+"""The worker's configuration: read from the environment and validated in one place.
+
+``load_settings`` checks every variable before it returns, and raises a single
+:class:`ConfigError` that lists all the problems at once, so a broken deployment is fixed in
+one round instead of one variable per restart.  Secret values never appear in messages or in
+``repr(settings)``; problems name the variable instead.  ``.env.example`` documents every
+variable with its default.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final, TypeVar
+from urllib.parse import urlsplit
+
+__all__ = [
+    "DEFAULT_GROQ_MODEL",
+    "PROMPTS_DIR",
+    "ConfigError",
+    "Settings",
+    "available_prompts",
+    "load_settings",
+]
+
+PROMPTS_DIR: Final = Path(__file__).resolve().parent / "prompts"
+
+# A current Groq production chat model (livekit-plugins-groq's models.py lists it, and it is the
+# plugin's own default).  The seed's llama3-8b-8192 has been retired by Groq.
+DEFAULT_GROQ_MODEL: Final = "llama-3.3-70b-versatile"
+# Models Groq has shut down.  Refusing them at start-up beats a 404 on the caller's first turn.
+RETIRED_GROQ_MODELS: Final = frozenset({"llama3-8b-8192", "llama3-70b-8192", "mixtral-8x7b-32768"})
+
+DEFAULT_TTS_SERVER: Final = "ws://localhost:8000"
+DEFAULT_PROMPT: Final = "avery"
+MIN_SAMPLE_RATE: Final = 8000
+MAX_SAMPLE_RATE: Final = 48000
+
+_URL_SCHEMES: Final = ("ws", "wss", "http", "https")
+_TRUE: Final = frozenset({"true", "1", "yes"})
+_FALSE: Final = frozenset({"false", "0", "no"})
+_PROMPT_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """One or more environment variables are missing or malformed.
+
+    ``problems`` holds one line per variable; ``str(error)`` lists them all.
+    """
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems: tuple[str, ...] = tuple(problems)
+        count = len(self.problems)
+        header = f"invalid configuration ({count} problem{'s' if count != 1 else ''}):"
+        super().__init__("\n".join([header, *(f"  - {p}" for p in self.problems)]))
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Everything the worker reads from its environment, already validated.
+
+    The LiveKit fields are ``None`` only when they were not required (``console`` mode and the
+    job processes, which get their connection from the worker); ``load_settings`` fills them.
+    """
+
+    livekit_url: str | None
+    livekit_api_key: str | None = field(repr=False)
+    livekit_api_secret: str | None = field(repr=False)
+
+    deepgram_api_key: str = field(repr=False)
+    deepgram_model: str
+    deepgram_language: str
+
+    groq_api_key: str = field(repr=False)
+    groq_model: str
+
+    tts_server_url: str
+    tts_api_key: str | None = field(repr=False)
+    tts_voice: str
+    tts_sample_rate: int
+
+    vad_activation_threshold: float
+    vad_min_speech_duration: float
+    vad_min_silence_duration: float
+
+    noise_cancellation: bool
+
+    prompt_source: str
+    """Where the instructions came from: ``prompts/<name>.md`` or ``SYSTEM_PROMPT``."""
+    instructions: str = field(repr=False)
+
+
+def available_prompts(prompts_dir: Path = PROMPTS_DIR) -> list[str]:
+    """The names ``AGENT_PROMPT`` accepts: the stems of ``prompts_dir/*.md``, sorted."""
+    if not prompts_dir.is_dir():
+        return []
+    return sorted(p.stem for p in prompts_dir.glob("*.md") if _PROMPT_NAME.fullmatch(p.stem))
+
+
+def load_settings(
+    environ: Mapping[str, str],
+    *,
+    require_livekit: bool = True,
+    prompts_dir: Path = PROMPTS_DIR,
+) -> Settings:
+    """Build :class:`Settings` from ``environ``, or raise :class:`ConfigError` naming every
+    missing or malformed variable.
+
+    ``require_livekit=False`` lets ``LIVEKIT_URL``/``LIVEKIT_API_KEY``/``LIVEKIT_API_SECRET`` be
+    absent (they are still checked when present): console mode never connects to LiveKit, and
+    the worker's job processes are handed their connection by the worker.
+    """
+    env = _Reader(environ)
+    prompt_env = _Reader(environ)  # its own reader so its problems are listed last
+    prompt_source, instructions = _instructions(prompt_env, prompts_dir)
+    tts_var = "KNOWLITHIC_TTS_SERVER" if env.get("KNOWLITHIC_TTS_SERVER") else "TTS_SERVER_URL"
+    settings = Settings(
+        livekit_url=env.url("LIVEKIT_URL", "the LiveKit server URL", required=require_livekit),
+        livekit_api_key=env.secret(
+            "LIVEKIT_API_KEY", "the LiveKit API key", required=require_livekit
+        ),
+        livekit_api_secret=env.secret(
+            "LIVEKIT_API_SECRET", "the LiveKit API secret", required=require_livekit
+        ),
+        deepgram_api_key=env.secret("DEEPGRAM_API_KEY", "your Deepgram API key") or "",
+        deepgram_model=env.text("DEEPGRAM_MODEL", "nova-3"),
+        deepgram_language=env.text("DEEPGRAM_LANGUAGE", "multi"),
+        groq_api_key=env.secret("GROQ_API_KEY", "your Groq API key") or "",
+        groq_model=env.parse("GROQ_MODEL", DEFAULT_GROQ_MODEL, _groq_model),
+        tts_server_url=env.url(tts_var, "the TTS server URL") or DEFAULT_TTS_SERVER,
+        tts_api_key=env.get("KNOWLITHIC_API_KEY"),  # optional: the local server needs none
+        tts_voice=env.text("KNOWLITHIC_VOICE", "elise"),
+        tts_sample_rate=env.parse("KNOWLITHIC_SAMPLE_RATE", 16000, _sample_rate),
+        vad_activation_threshold=env.parse("VAD_ACTIVATION_THRESHOLD", 0.5, _probability),
+        vad_min_speech_duration=env.parse("VAD_MIN_SPEECH_DURATION", 0.05, _seconds),
+        vad_min_silence_duration=env.parse("VAD_MIN_SILENCE_DURATION", 0.55, _seconds),
+        noise_cancellation=env.parse("NOISE_CANCELLATION", True, _boolean),
+        prompt_source=prompt_source,
+        instructions=instructions,
+    )
+    problems = env.problems + prompt_env.problems
+    if problems:
+        raise ConfigError(problems)
+    return settings
+
+
+def _instructions(env: _Reader, prompts_dir: Path) -> tuple[str, str]:
+    """``(source, text)``: ``SYSTEM_PROMPT`` when set, else the file ``AGENT_PROMPT`` names."""
+    inline = env.get("SYSTEM_PROMPT")
+    if inline:
+        return "SYSTEM_PROMPT", inline
+    name = env.text("AGENT_PROMPT", DEFAULT_PROMPT)
+    choices = available_prompts(prompts_dir)
+    if name not in choices:
+        listed = ", ".join(choices) or f"none: {prompts_dir} has no .md files"
+        env.problems.append(
+            f"AGENT_PROMPT: no prompt named {name!r}; expected one of the files in "
+            f"prompts/ without .md (available: {listed}), or set SYSTEM_PROMPT"
+        )
+        return "", ""
+    text = (prompts_dir / f"{name}.md").read_text(encoding="utf-8").strip()
+    if not text:
+        env.problems.append(f"AGENT_PROMPT: prompts/{name}.md is empty")
+    return f"prompts/{name}.md", text
+
+
+class _Reader:
+    """Reads variables and collects problems instead of stopping at the first one."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self._environ = environ
+        self.problems: list[str] = []
+
+    def get(self, name: str) -> str | None:
+        """The stripped value, or ``None`` when unset or blank (``KEY=`` in a .env file)."""
+        value = self._environ.get(name, "").strip()
+        return value or None
+
+    def text(self, name: str, default: str) -> str:
+        return self.get(name) or default
+
+    def secret(self, name: str, what: str, *, required: bool = True) -> str | None:
+        value = self.get(name)
+        if value is None and required:
+            self.problems.append(f"{name}: not set; expected {what}")
+        return value
+
+    def url(self, name: str, what: str, *, required: bool = False) -> str | None:
+        value = self.get(name)
+        if value is None:
+            if required:
+                self.problems.append(f"{name}: not set; expected {what} ({_schemes()})")
+            return None
+        # The value may carry credentials (user:password@host): describe it, never echo it.
+        error = _url_error(value)
+        if error:
+            self.problems.append(f"{name}: {error}; expected {what} ({_schemes()})")
+        return value
+
+    def parse(self, name: str, default: T, parser: Callable[[str], T]) -> T:
+        raw = self.get(name)
+        if raw is None:
+            return default
+        try:
+            return parser(raw)
+        except ValueError as e:
+            self.problems.append(f"{name}: got {raw!r}; {e}")
+            return default
+
+
+def _schemes() -> str:
+    return "://, ".join(_URL_SCHEMES) + "://"
+
+
+def _url_error(value: str) -> str | None:
+    try:
+        parts = urlsplit(value)
+        _ = parts.port  # raises ValueError on a malformed port
+    except ValueError:
+        return "not a valid URL"
+    if "://" not in value:
+        return "no scheme"
+    if parts.scheme.lower() not in _URL_SCHEMES:
+        return f"unsupported scheme {parts.scheme!r}"
+    if not parts.hostname:
+        return "no host name"
+    return None
+
+
+# Parsers: raise ValueError saying what was expected; the caller prefixes the variable name.
+
+
+def _finite_float(raw: str, expected: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(expected) from None
+    if not math.isfinite(value):
+        raise ValueError(expected)
+    return value
+
+
+def _probability(raw: str) -> float:
+    expected = "expected a number in the range 0 < value < 1, such as 0.5"
+    value = _finite_float(raw, expected)
+    if not 0.0 < value < 1.0:
+        raise ValueError(expected)
+    return value
+
+
+def _seconds(raw: str) -> float:
+    expected = "expected a duration in seconds: a number >= 0, such as 0.5"
+    value = _finite_float(raw, expected)
+    if value < 0.0:
+        raise ValueError(expected)
+    return value
+
+
+def _sample_rate(raw: str) -> int:
+    expected = (
+        f"expected a whole number of Hz from {MIN_SAMPLE_RATE} to {MAX_SAMPLE_RATE}, such as 16000"
+    )
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(expected) from None
+    if not MIN_SAMPLE_RATE <= value <= MAX_SAMPLE_RATE:
+        raise ValueError(expected)
+    return value
+
+
+def _boolean(raw: str) -> bool:
+    word = raw.lower()
+    if word in _TRUE:
+        return True
+    if word in _FALSE:
+        return False
+    raise ValueError("expected one of true/false, 1/0, yes/no")
+
+
+def _groq_model(raw: str) -> str:
+    if raw in RETIRED_GROQ_MODELS:
+        raise ValueError(
+            f"Groq has retired this model; expected a current one such as {DEFAULT_GROQ_MODEL}"
+        )
+    return raw

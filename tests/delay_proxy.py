@@ -1,0 +1,126 @@
+"""A TCP proxy on loopback that makes a link slow: latency, jitter, stalls.
+
+Each direction delays every chunk by half the round-trip time plus random jitter, but never
+reorders: a chunk is due no earlier than the one before it, as on a real TCP connection.
+A stall holds every byte until it is resumed.
+Tests and benchmarks put it between the plugin and a server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass
+class LinkConditions:
+    rtt: float = 0.0  # seconds, split evenly between the two directions
+    jitter: float = 0.0  # up to this many extra seconds per chunk, per direction
+    seed: int = 0
+    _rng: random.Random = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._rng = random.Random(self.seed)
+
+    def delay(self) -> float:
+        return self.rtt / 2 + (self._rng.uniform(0, self.jitter) if self.jitter else 0.0)
+
+
+class DelayProxy:
+    def __init__(self, target_host: str, target_port: int, conditions: LinkConditions) -> None:
+        self.conditions = conditions
+        self._target = (target_host, target_port)
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
+        self.port = 0
+        self.connections = 0
+        self._flowing = asyncio.Event()
+        self._flowing.set()
+
+    def stall(self) -> None:
+        """Hold every byte in both directions until :meth:`resume`."""
+        self._flowing.clear()
+
+    def resume(self) -> None:
+        self._flowing.set()
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def aclose(self) -> None:
+        self.reset_connections()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def reset_connections(self) -> None:
+        for writer in list(self._writers):
+            transport = writer.transport
+            transport.abort()
+        self._writers.clear()
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self._target)
+        except OSError:
+            writer.transport.abort()
+            return
+        self._writers |= {writer, up_writer}
+        pipes = [
+            asyncio.create_task(self._pipe(reader, up_writer)),
+            asyncio.create_task(self._pipe(up_reader, writer)),
+        ]
+        self._tasks.update(pipes)
+        try:
+            await asyncio.wait(pipes, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in pipes:
+                task.cancel()
+            await asyncio.gather(*pipes, return_exceptions=True)
+            self._tasks.difference_update(pipes)
+            for w in (writer, up_writer):
+                self._writers.discard(w)
+                w.transport.abort()
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+        deliver = asyncio.create_task(self._deliver(queue, writer))
+        last_due = 0.0
+        try:
+            while data := await reader.read(65536):
+                due = max(last_due, time.monotonic() + self.conditions.delay())
+                last_due = due
+                queue.put_nowait((due, data))
+            queue.put_nowait((last_due, b""))
+            await deliver
+        finally:
+            deliver.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await deliver
+
+    async def _deliver(
+        self, queue: asyncio.Queue[tuple[float, bytes]], writer: asyncio.StreamWriter
+    ) -> None:
+        while True:
+            due, data = await queue.get()
+            await self._flowing.wait()
+            if (wait := due - time.monotonic()) > 0:
+                await asyncio.sleep(wait)
+            if not data:
+                writer.write_eof()
+                return
+            writer.write(data)
+            await writer.drain()

@@ -1,0 +1,81 @@
+"""Drive the plugin the way the framework does, and collect what it yields."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from livekit.agents import APIConnectOptions
+from livekit.agents import tts as lk_tts
+from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, USERDATA_TIMED_TRANSCRIPT, TimedString
+
+from tests.fake_knowlithic import speech_for
+from tts_custom.knowlithictts import TTS
+
+
+@dataclass
+class Spoken:
+    pcm: bytes = b""
+    frames: int = 0
+    request_ids: set[str] = field(default_factory=set)
+    sample_rates: set[int] = field(default_factory=set)
+    timed: list[TimedString] = field(default_factory=list)
+    finals: int = 0
+
+    def add(self, ev: lk_tts.SynthesizedAudio) -> None:
+        self.pcm += ev.frame.data.tobytes()
+        self.frames += 1
+        self.request_ids.add(ev.request_id)
+        self.sample_rates.add(ev.frame.sample_rate)
+        self.timed.extend(ev.frame.userdata.get(USERDATA_TIMED_TRANSCRIPT, []))
+        self.finals += ev.is_final
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(self.pcm).hexdigest()
+
+
+def expected_digest(sentences: Sequence[str], sample_rate: int = 16000) -> str:
+    return hashlib.sha256(b"".join(speech_for(s, sample_rate) for s in sentences)).hexdigest()
+
+
+async def eventually(check: Callable[[], bool], timeout: float = 3.0) -> None:
+    """Wait until ``check()`` holds; what it checks is another task's doing."""
+    async with asyncio.timeout(timeout):
+        while not check():  # noqa: ASYNC110 - it polls state a server task changes
+            await asyncio.sleep(0.01)
+
+
+async def speak(
+    tts: TTS, *chunks: str, conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS
+) -> Spoken:
+    """Push ``chunks`` into one stream as an LLM would, then read every frame."""
+    spoken = Spoken()
+    async with tts.stream(conn_options=conn_options) as stream:
+        for chunk in chunks:
+            stream.push_text(chunk)
+        stream.end_input()
+        async for ev in stream:
+            spoken.add(ev)
+    return spoken
+
+
+async def interrupt_after_first_audio(tts: TTS, text: str) -> None:
+    """Start speaking ``text``, and stop the stream once its first audio arrived (barge-in)."""
+    stream = tts.stream()
+    stream.push_text(text)
+    stream.end_input()
+    await stream.__anext__()
+    await stream.aclose()
+
+
+async def synthesize(
+    tts: TTS, text: str, conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS
+) -> Spoken:
+    spoken = Spoken()
+    async with tts.synthesize(text, conn_options=conn_options) as stream:
+        async for ev in stream:
+            spoken.add(ev)
+    return spoken

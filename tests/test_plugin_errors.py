@@ -1,0 +1,280 @@
+"""Each failure maps to the framework's error contract, and none leaks the API key."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+
+import pytest
+from livekit.agents import (
+    APIConnectionError,
+    APIConnectOptions,
+    APIError,
+    APIStatusError,
+    APITimeoutError,
+)
+from livekit.agents.tts import TTSError
+
+from tests.conftest import MakeTTS
+from tests.fake_knowlithic import FakeKnowlithicServer
+from tests.plugin_helpers import expected_digest, speak, synthesize
+from tts_custom import protocol
+from tts_custom.knowlithictts import TTS
+
+TEXT = ("A sentence that must be heard once.", "And the one after it, once too.")
+FAST_RETRY = APIConnectOptions(max_retry=2, retry_interval=0.05, timeout=2.0)
+NO_RETRY = APIConnectOptions(max_retry=0, timeout=1.0)
+SECRET = "sk-test-3f9a1c77b2e84d0e"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def collect_errors(tts: TTS) -> list[TTSError]:
+    errors: list[TTSError] = []
+    tts.on("error", errors.append)
+    return errors
+
+
+async def test_refused_connection_is_a_retried_connection_error(make_tts: MakeTTS) -> None:
+    tts = make_tts(base_url=f"ws://127.0.0.1:{free_port()}")
+    errors = collect_errors(tts)
+    with pytest.raises(APIConnectionError) as info:
+        await speak(tts, TEXT[0], conn_options=FAST_RETRY)
+    assert info.value.retryable
+    assert "cannot connect" in str(info.value)
+    assert [e.recoverable for e in errors] == [True, True, False]
+
+
+@pytest.mark.parametrize("status", [500, 502, 503])
+async def test_5xx_handshake_is_a_retried_connection_error(
+    status: int, server: FakeKnowlithicServer, make_tts: MakeTTS
+) -> None:
+    server.behavior.handshake_status = status
+    tts = make_tts()
+    with pytest.raises(APIConnectionError) as info:
+        await speak(tts, TEXT[0], conn_options=FAST_RETRY)
+    assert f"HTTP {status}" in str(info.value)
+    assert len(server.received.handshake_headers) == 3  # first try + two retries
+
+
+@pytest.mark.parametrize("status", [401, 403])
+async def test_refused_key_fails_at_once_and_says_so(
+    status: int, server: FakeKnowlithicServer, make_tts: MakeTTS
+) -> None:
+    server.behavior.handshake_status = status
+    tts = make_tts(api_key=SECRET)
+    with pytest.raises(APIStatusError) as info:
+        await speak(tts, TEXT[0], conn_options=FAST_RETRY)
+    assert info.value.status_code == status and not info.value.retryable
+    assert "refused the API key" in str(info.value)
+    assert len(server.received.handshake_headers) == 1
+
+
+async def test_429_handshake_is_retried(server: FakeKnowlithicServer, make_tts: MakeTTS) -> None:
+    server.behavior.handshake_status = 429
+    tts = make_tts()
+    with pytest.raises(APIStatusError) as info:
+        await speak(tts, TEXT[0], conn_options=FAST_RETRY)
+    assert info.value.retryable and info.value.status_code == 429
+    assert len(server.received.handshake_headers) == 3
+
+
+async def test_no_audio_within_the_timeout_is_a_timeout(
+    server: FakeKnowlithicServer, make_tts: MakeTTS
+) -> None:
+    server.behavior.stall = True
+    tts = make_tts()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(APITimeoutError):
+        await speak(tts, TEXT[0], conn_options=NO_RETRY)
+    assert loop.time() - started < 2.0
+
+
+async def test_a_stall_is_retried_and_the_socket_stays_usable(
+    server: FakeKnowlithicServer, make_tts: MakeTTS
+) -> None:
+    server.behavior.stall = True
+    tts = make_tts()
+    with pytest.raises(APITimeoutError):
+        await speak(tts, TEXT[0], conn_options=NO_RETRY)
+    server.behavior.stall = False
+    spoken = await speak(tts, TEXT[0])
+    assert spoken.digest == expected_digest([TEXT[0]])
+    assert server.received.cancels  # the stalled request was cancelled, not left open
+
+
+async def test_a_reset_before_the_first_audio_is_retried_with_no_text_lost(
+    server: FakeKnowlithicServer, make_tts: MakeTTS
+) -> None:
+    server.behavior.drop_after_chunks = 0
+    server.behavior.max_drops = 1  # the next attempt goes through
+    tts = make_tts()
+    errors = collect_errors(tts)
+    spoken = await speak(tts, TEXT[0] + " ", TEXT[1], conn_options=FAST_RETRY)
+    assert spoken.digest == expected_digest(TEXT)
+    assert [e.recoverable for e in errors] == [True]  # the framework's retry
+    assert server.received.connections == 2
+
+
+async def test_synthesize_is_retried_after_a_reset_too(
+    server: FakeKnowlithicServer, make_tts: MakeTTS
+) -> None:
+    server.behavior.drop_after_chunks = 0
+    server.behavior.max_drops = 1
+    tts = make_tts()
+    spoken = await synthesize(tts, " ".join(TEXT), conn_options=FAST_RETRY)
+    assert spoken.digest == expected_digest(TEXT)
+
+
+async def test_a_reset_mid_sentence_resumes_where_the_user_stopped_hearing(
+    server: FakeKnowlithicServer, make_tts: MakeTTS
+) -> None:
+    # the server dies after three chunks of the first sentence were played
+    server.behavior.drop_after_chunks = 3
+    server.behavior.max_drops = 1
+    server.behavior.chunk_bytes = 320
+    tts = make_tts()
+    errors = collect_errors(tts)
+    spoken = await speak(tts, " ".join(TEXT), conn_options=FAST_RETRY)
+    # byte for byte the reply, once: nothing lost, nothing heard twice
+    assert spoken.digest == expected_digest(TEXT)
+    assert errors == [] and server.received.connections == 2
+    first_sentence_requests = [r for r in server.received.requests if r.text == TEXT[0]]
+    assert len(first_sentence_requests) == 2
+
+
+async def test_a_pipelined_sentence_refused_as_busy_is_asked_for_again(
+    server: FakeKnowlithicServer, make_tts: MakeTTS
+) -> None:
+    server.behavior.error_for = {TEXT[1]: protocol.error(protocol.ERR_BUSY, "full")}
+    server.behavior.max_errors = 1
+    tts = make_tts()
+    spoken = await speak(tts, " ".join(TEXT), conn_options=FAST_RETRY)
+    assert spoken.digest == expected_digest(TEXT)
+    assert [r.text for r in server.received.requests].count(TEXT[1]) == 2
+
+
+async def test_a_reset_that_keeps_happening_reaches_the_session(
+    server: FakeKnowlithicServer, make_tts: MakeTTS
+) -> None:
+    server.behavior.drop_after_chunks = 2
+    server.behavior.chunk_bytes = 320
+    tts = make_tts()
+    with pytest.raises(APIConnectionError):
+        await speak(tts, TEXT[0], conn_options=FAST_RETRY)
+    server.behavior.drop_after_chunks = None
+    spoken = await speak(tts, TEXT[1])  # and the next turn works
+    assert spoken.digest == expected_digest([TEXT[1]])
+
+
+@pytest.mark.parametrize(
+    ("code", "retryable", "status"),
+    [
+        (protocol.ERR_UNKNOWN_VOICE, False, 404),
+        (protocol.ERR_TEXT_TOO_LONG, False, 400),
+        (protocol.ERR_BUSY, True, 503),
+        (protocol.ERR_RATE_LIMITED, True, 429),
+    ],
+)
+async def test_server_errors_map_to_status_errors(
+    code: str,
+    retryable: bool,
+    status: int,
+    server: FakeKnowlithicServer,
+    make_tts: MakeTTS,
+) -> None:
+    server.behavior.error_for = {TEXT[0]: protocol.error(code, "told by the test")}
+    tts = make_tts()
+    with pytest.raises(APIStatusError) as info:
+        await speak(tts, TEXT[0], conn_options=FAST_RETRY)
+    assert info.value.status_code == status and info.value.retryable is retryable
+    assert code in str(info.value) and "told by the test" in str(info.value)
+    assert len(server.received.requests) == (3 if retryable else 1)
+
+
+async def test_a_voice_the_server_lacks_is_refused_before_sending(
+    server: FakeKnowlithicServer, make_tts: MakeTTS
+) -> None:
+    tts = make_tts(voice="nobody")
+    with pytest.raises(APIStatusError) as info:
+        await speak(tts, TEXT[0], conn_options=FAST_RETRY)
+    assert not info.value.retryable
+    assert "'nobody'" in str(info.value) and "elise, joe" in str(info.value)
+    assert server.received.requests == []
+
+
+async def test_the_key_is_sent_in_a_header_and_never_leaks(
+    server: FakeKnowlithicServer, make_tts: MakeTTS, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    server.behavior.api_key = SECRET
+    tts = make_tts(api_key=SECRET)
+    await speak(tts, TEXT[0])
+    assert server.received.handshake_headers[0]["Authorization"] == f"Bearer {SECRET}"
+
+    wrong = make_tts(api_key=SECRET[::-1])
+    with pytest.raises(APIError) as info:
+        await speak(wrong, TEXT[0], conn_options=FAST_RETRY)
+    for text in (str(info.value), repr(info.value), caplog.text, repr(tts._opts)):
+        assert SECRET not in text and SECRET[::-1] not in text
+    assert "?" not in server.received.handshake_headers[0].get("Host", "")
+
+
+async def test_the_key_comes_from_the_environment(
+    server: FakeKnowlithicServer, make_tts: MakeTTS, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KNOWLITHIC_API_KEY", SECRET)
+    server.behavior.api_key = SECRET
+    await speak(make_tts(), TEXT[0])
+
+
+def test_missing_server_url_names_both_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("KNOWLITHIC_TTS_SERVER", raising=False)
+    monkeypatch.delenv("TTS_SERVER_URL", raising=False)
+    with pytest.raises(ValueError, match="KNOWLITHIC_TTS_SERVER or TTS_SERVER_URL"):
+        TTS()
+
+
+def test_server_url_falls_back_to_tts_server_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("KNOWLITHIC_TTS_SERVER", raising=False)
+    monkeypatch.setenv("TTS_SERVER_URL", "https://tts.example.com:8443/v1/tts")
+    assert TTS()._opts.url == "wss://tts.example.com:8443/v1/tts"
+
+
+@pytest.mark.parametrize(
+    ("given", "used"),
+    [
+        ("ws://localhost:8000", "ws://localhost:8000"),
+        ("wss://tts.example.com", "wss://tts.example.com"),
+        ("http://localhost:8000/", "ws://localhost:8000/"),
+        ("HTTPS://tts.example.com/ws", "wss://tts.example.com/ws"),
+    ],
+)
+def test_url_schemes(given: str, used: str) -> None:
+    assert TTS(base_url=given)._opts.url == used
+
+
+@pytest.mark.parametrize("bad", ["ftp://host", "localhost:8000", "ws://", "not a url"])
+def test_bad_urls_are_refused(bad: str) -> None:
+    with pytest.raises(ValueError, match="ws://host:port"):
+        TTS(base_url=bad)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"sample_rate": 20.0},
+        {"sample_rate": 96000},
+        {"output_format": "mp3"},
+        {"sentences_ahead": 0},
+    ],
+)
+def test_bad_options_are_refused(kwargs: dict[str, object]) -> None:
+    with pytest.raises(ValueError):
+        TTS(base_url="ws://localhost:8000", **kwargs)  # type: ignore[arg-type]

@@ -1,0 +1,92 @@
+"""Every server variant the seeds show, played byte-exact (or at the right speed)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+
+from tests.conftest import MakeTTS
+from tests.fake_knowlithic import SECONDS_PER_CHAR, FakeKnowlithicServer
+from tests.plugin_helpers import expected_digest, speak
+
+TEXT = ("The first sentence of the reply.", "A second one follows right after.")
+
+VARIANTS: dict[str, dict[str, Any]] = {
+    "v1 tagged binary, wav per request": {},
+    "v1 tagged binary, raw pcm": {"payload": "pcm"},
+    "v1 base64 json": {"transport": "base64"},
+    "legacy base64 audio_data": {"subprotocol": False},
+    "legacy base64 data field": {"subprotocol": False, "audio_field": "data"},
+    "legacy untagged json": {"subprotocol": False, "tag_messages": False},
+    "legacy untagged binary": {"subprotocol": False, "transport": "binary", "tag_messages": False},
+    "wav header on every message": {"payload": "wav_per_message"},
+    "wav with a LIST chunk before data": {"wav_extra_chunk": b"LIST\x04\x00\x00\x00INFO"},
+    "wav with a sized data chunk and a trailer": {"wav_trailer": b"LIST\x08\x00\x00\x00junkjunk"},
+    "per-message wav with trailers": {"payload": "wav_per_message", "wav_trailer": b"id3 \x00"},
+    "odd byte counts split samples": {"payload": "pcm", "chunk_bytes": 1601},
+    "odd byte counts inside wav": {"chunk_bytes": 333},
+    "completion named done": {"completion_type": "done"},
+    "completion named SYNTHESIS_COMPLETED": {"completion_type": "SYNTHESIS_COMPLETED"},
+    "raw pcm without a stated rate": {"payload": "pcm", "stated_sample_rate": False},
+}
+
+
+@pytest.mark.parametrize("variant", VARIANTS.values(), ids=VARIANTS.keys())
+async def test_variant_is_played_exactly(
+    variant: dict[str, Any], server: FakeKnowlithicServer, make_tts: MakeTTS
+) -> None:
+    for name, value in variant.items():
+        setattr(server.behavior, name, value)
+    tts = make_tts()
+    for _ in range(2):  # twice: the second turn must not inherit anything from the first
+        spoken = await speak(tts, " ".join(TEXT))
+        assert spoken.digest == expected_digest(TEXT)
+
+
+@pytest.mark.parametrize("output_format", ["wav", "pcm"])
+@pytest.mark.parametrize("actual_rate", [22050, 24000, 8000])
+async def test_the_audios_real_rate_wins(
+    output_format: str, actual_rate: int, server: FakeKnowlithicServer, make_tts: MakeTTS
+) -> None:
+    # the server ignores the 16 kHz asked for; the plugin resamples instead of playing the
+    # audio too fast or too slow
+    server.behavior.actual_sample_rate = actual_rate
+    tts = make_tts(output_format=output_format)
+    spoken = await speak(tts, TEXT[0])
+    assert spoken.sample_rates == {16000}
+    duration = len(spoken.pcm) / 2 / 16000
+    assert duration == pytest.approx(SECONDS_PER_CHAR * len(TEXT[0]), abs=0.012)
+
+
+@pytest.mark.parametrize("payload", ["wav_per_request", "wav_per_message"])
+async def test_stereo_wav_is_mixed_down(
+    payload: str, server: FakeKnowlithicServer, make_tts: MakeTTS
+) -> None:
+    server.behavior.channels = 2
+    server.behavior.payload = payload  # type: ignore[assignment]
+    server.behavior.chunk_bytes = 1002  # splits stereo frames across messages
+    tts = make_tts()
+    spoken = await speak(tts, " ".join(TEXT))
+    assert spoken.digest == expected_digest(TEXT)
+
+
+async def test_junk_messages_are_logged_and_skipped(
+    server: FakeKnowlithicServer, make_tts: MakeTTS, caplog: pytest.LogCaptureFixture
+) -> None:
+    server.behavior.before_audio = [
+        "this is not json",
+        '{"type": "audio", "audio_data": "***not base64***"}',
+        '{"type": "mystery", "payload": 1}',
+        "[1, 2, 3]",
+        '{"no_type": true}',
+        '{"type": "audio", "audio_data": ""}',
+        b"\x00\x05{bad",
+    ]
+    tts = make_tts()
+    with caplog.at_level(logging.DEBUG, logger="tts_custom.knowlithic"):
+        spoken = await speak(tts, " ".join(TEXT))
+    assert spoken.digest == expected_digest(TEXT)
+    assert "malformed" in caplog.text
+    assert "mystery" in caplog.text

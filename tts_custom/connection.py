@@ -1,0 +1,328 @@
+"""One WebSocket to a Knowlithic TTS server, shared by every request of a TTS instance.
+
+A :class:`Connection` owns the socket's receive loop and routes each server message to the
+:class:`RequestChannel` of the request it names.  Messages for a request nobody waits for any
+more (it was cancelled, or it timed out) are dropped, which is what keeps a barge-in's late
+audio out of the next turn.  When the socket dies, every open request learns it at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Final
+
+import aiohttp
+from livekit.agents import APIConnectionError, APIStatusError, APITimeoutError
+
+from . import protocol
+from .errors import connection_lost_error, handshake_error, redact_url
+from .log import logger
+
+# a peer that never answers our close frame must not hold the worker (aiohttp waits 10 s)
+CLOSE_TIMEOUT: Final = 2.0
+MAX_MESSAGE_SIZE: Final = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ConnectionLost:
+    """The socket closed while the request was open."""
+
+    close_code: int | None
+    reason: str
+
+
+RequestEvent = protocol.ServerMessage | ConnectionLost
+
+
+class RequestChannel:
+    """The server's messages for one request, in the order they arrived."""
+
+    def __init__(self, connection: Connection, request_id: str) -> None:
+        self.request_id = request_id
+        self._connection = connection
+        self._queue: asyncio.Queue[RequestEvent] = asyncio.Queue()
+        self.finished = False  # its last message has arrived
+        self.lost = False  # ...and that was the loss of its socket
+
+    def _deliver(self, event: RequestEvent) -> None:
+        if isinstance(event, protocol.Complete | protocol.Error | ConnectionLost):
+            self.finished = True
+            self.lost = isinstance(event, ConnectionLost)
+        self._queue.put_nowait(event)
+
+    async def receive(self, timeout: float) -> RequestEvent:
+        """The next message for this request; :class:`APITimeoutError` if none comes in time."""
+        if not self._queue.empty():  # the common case while audio streams: no timer needed
+            return self._queue.get_nowait()
+        try:
+            return await asyncio.wait_for(self._queue.get(), timeout)
+        except TimeoutError:
+            raise APITimeoutError(
+                f"Knowlithic TTS sent nothing for request {self.request_id} in {timeout:g} s"
+            ) from None
+
+    def close(self) -> None:
+        """Stop routing messages here; later ones for this request are dropped."""
+        self._connection._unroute(self)
+
+    async def cancel(self) -> None:
+        """Ask the server to stop this request if it is still running; drop what follows."""
+        await self._connection.cancel(self)
+
+
+class Connection:
+    """A connected socket, its receive loop, and the requests it carries."""
+
+    def __init__(
+        self,
+        ws: aiohttp.ClientWebSocketResponse,
+        *,
+        capabilities: protocol.Capabilities | None,
+    ) -> None:
+        self._ws = ws
+        self.capabilities = capabilities
+        self._tagged_binary = ws.protocol == protocol.SUBPROTOCOL
+        self.connected_at = time.monotonic()
+        self._routes: dict[str, RequestChannel] = {}
+        self._send_lock = asyncio.Lock()
+        # set once the server sent something with no request id: such a server cannot be
+        # trusted to keep a cancelled request's late audio apart from the next request's
+        self._untagged_peer = False
+        self._last_named: str | None = None
+        self._lost: ConnectionLost | None = None
+        self._closing = False
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._recv_task = asyncio.create_task(self._recv_loop(), name="knowlithic.recv")
+
+    @property
+    def closed(self) -> bool:
+        return self._lost is not None or self._ws.closed
+
+    @property
+    def age(self) -> float:
+        return time.monotonic() - self.connected_at
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._routes)
+
+    def open_request(self, request_id: str) -> RequestChannel:
+        """Start routing ``request_id``'s messages; call before sending the request."""
+        if self._lost is not None:
+            raise connection_lost_error(self._lost.close_code, self._lost.reason)
+        channel = RequestChannel(self, request_id)
+        self._routes[request_id] = channel
+        self._idle.clear()
+        return channel
+
+    async def send(self, msg: protocol.ClientMessage) -> None:
+        if self._lost is not None:
+            raise connection_lost_error(self._lost.close_code, self._lost.reason)
+        frame = protocol.encode_client_message(msg)
+        try:
+            async with self._send_lock:
+                await self._ws.send_str(frame)
+        except (aiohttp.ClientError, ConnectionError, RuntimeError) as e:
+            # RuntimeError: aiohttp refuses to write to a socket that is closing
+            raise APIConnectionError(f"Knowlithic TTS connection failed while sending: {e}") from e
+
+    async def cancel(self, channel: RequestChannel) -> None:
+        """Ask the server to stop an unfinished request and drop whatever it still sends."""
+        channel.close()
+        if channel.finished or self.closed:
+            return
+        if self._untagged_peer:
+            # its late audio would carry no id and land in the next request: drop the socket
+            logger.debug("closing a connection whose server does not tag audio, to cancel")
+            await self.aclose()
+            return
+        with contextlib.suppress(APIConnectionError):  # if the socket is gone, so is the request
+            await self.send(protocol.Cancel(request_id=channel.request_id))
+
+    async def wait_idle(self) -> None:
+        await self._idle.wait()
+
+    async def wait_closed(self) -> None:
+        """Return once the socket is gone, for whatever reason."""
+        await asyncio.wait([self._recv_task])  # unlike awaiting it, survives its cancellation
+
+    async def aclose(self) -> None:
+        self._closing = True
+        self._fail_all(ConnectionLost(close_code=None, reason="closed by the client"))
+        try:
+            await self._ws.close()
+        finally:
+            await _cancel_and_wait(self._recv_task)
+
+    def _unroute(self, channel: RequestChannel) -> None:
+        if self._routes.get(channel.request_id) is channel:
+            del self._routes[channel.request_id]
+        if self._last_named == channel.request_id:
+            self._last_named = None
+        if not self._routes:
+            self._idle.set()
+
+    async def _recv_loop(self) -> None:
+        lost = ConnectionLost(close_code=None, reason="connection closed")
+        try:
+            while True:
+                msg = await self._ws.receive()
+                if msg.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
+                    self._dispatch(msg.data)
+                    continue
+                if msg.type == aiohttp.WSMsgType.ERROR:
+                    lost = ConnectionLost(
+                        close_code=self._ws.close_code, reason=f"socket error: {msg.data!r}"
+                    )
+                else:  # CLOSE, CLOSING, CLOSED
+                    lost = ConnectionLost(
+                        close_code=self._ws.close_code or _as_int(msg.data),
+                        reason=str(msg.extra or "closed by the server"),
+                    )
+                break
+        except Exception as e:  # a receive loop must never die silently
+            lost = ConnectionLost(close_code=None, reason=f"receive failed: {e!r}")
+        if not self._closing:
+            logger.warning(
+                "Knowlithic TTS connection lost",
+                extra={"close_code": lost.close_code, "in_flight": len(self._routes)},
+            )
+        self._fail_all(lost)
+        if not self._ws.closed:
+            await self._ws.close()
+
+    def _dispatch(self, frame: str | bytes) -> None:
+        try:
+            msg = protocol.decode_server_message(frame, tagged_binary=self._tagged_binary)
+        except protocol.ProtocolError as e:
+            logger.warning(
+                "ignoring a malformed Knowlithic TTS message: %s",
+                e,
+                extra={"request_id": e.request_id},
+            )
+            return
+        if isinstance(msg, protocol.Capabilities):
+            self.capabilities = msg
+            return
+        if isinstance(msg, protocol.Other):
+            logger.debug("ignoring Knowlithic TTS message of type %r", msg.type)
+            if msg.request_id in self._routes:
+                self._last_named = msg.request_id
+            return
+
+        channel = self._route_for(msg.request_id)
+        if channel is None:
+            if isinstance(msg, protocol.Error) and msg.request_id is None:
+                logger.warning("Knowlithic TTS reported an error: %s (%s)", msg.message, msg.code)
+            else:
+                logger.debug(
+                    "dropping a message for a finished request",
+                    extra={"request_id": msg.request_id},
+                )
+            return
+        channel._deliver(msg)
+        if channel.finished:
+            # unroute now: the next untagged message already belongs to the next request
+            self._unroute(channel)
+
+    def _route_for(self, request_id: str | None) -> RequestChannel | None:
+        if request_id is not None:
+            channel = self._routes.get(request_id)
+            if channel is not None:
+                self._last_named = request_id
+            return channel
+        if self._tagged_binary:
+            return None  # knowlithic.v1 tags everything: no id means it is about the connection
+        # no id: legacy servers answer requests one at a time, in the order they were sent
+        self._untagged_peer = True
+        if self._last_named is not None and self._last_named in self._routes:
+            return self._routes[self._last_named]
+        return next(iter(self._routes.values()), None)
+
+    def _fail_all(self, lost: ConnectionLost) -> None:
+        if self._lost is None:
+            self._lost = lost
+        for channel in list(self._routes.values()):
+            if not channel.finished:
+                channel._deliver(lost)
+
+
+async def connect(
+    session: aiohttp.ClientSession,
+    url: str,
+    *,
+    api_key: str | None,
+    timeout: float,
+    heartbeat: float | None,
+) -> Connection:
+    """Open a connection, mapping every failure to the framework's API errors.
+
+    The API key travels in a header only; it never appears in a URL, a log or an error.
+    """
+    headers: Mapping[str, str] = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    try:
+        async with asyncio.timeout(timeout):
+            ws = await session.ws_connect(
+                url,
+                headers=headers,
+                protocols=(protocol.SUBPROTOCOL,),
+                heartbeat=heartbeat,
+                timeout=aiohttp.ClientWSTimeout(ws_close=CLOSE_TIMEOUT),
+                max_msg_size=MAX_MESSAGE_SIZE,
+            )
+            capabilities = None
+            if ws.protocol == protocol.SUBPROTOCOL:
+                capabilities = await _read_capabilities(ws)
+    except TimeoutError:
+        raise APITimeoutError(
+            f"timed out after {timeout:g} s connecting to Knowlithic TTS at {redact_url(url)}"
+        ) from None
+    except aiohttp.WSServerHandshakeError as e:
+        raise handshake_error(url, e.status) from None
+    except (aiohttp.ClientError, OSError) as e:
+        raise APIConnectionError(
+            f"cannot connect to Knowlithic TTS at {redact_url(url)}: {type(e).__name__}"
+        ) from None
+    return Connection(ws, capabilities=capabilities)
+
+
+async def _read_capabilities(ws: aiohttp.ClientWebSocketResponse) -> protocol.Capabilities:
+    msg = await ws.receive()
+    if msg.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
+        try:
+            decoded = protocol.decode_server_message(msg.data, tagged_binary=True)
+        except protocol.ProtocolError as e:
+            decoded = protocol.error("bad_capabilities", str(e))
+        if isinstance(decoded, protocol.Capabilities):
+            return decoded
+        if isinstance(decoded, protocol.Error):
+            await ws.close()
+            raise APIStatusError(
+                f"Knowlithic TTS refused the connection: {decoded.message}",
+                status_code=503 if decoded.retryable else 400,
+                retryable=decoded.retryable,
+            )
+    await ws.close()
+    raise APIConnectionError(
+        "Knowlithic TTS agreed to knowlithic.v1 but did not send its capabilities first"
+    )
+
+
+def _as_int(value: object) -> int | None:
+    return value if isinstance(value, int) else None
+
+
+async def _cancel_and_wait(task: asyncio.Task[None]) -> None:
+    if task.done() or task is asyncio.current_task():
+        return
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        if (current := asyncio.current_task()) is not None and current.cancelling():
+            raise

@@ -1,0 +1,352 @@
+"""LiveKit Agents TTS plugin for the Knowlithic TTS WebSocket service.
+
+Usage::
+
+    from tts_custom.knowlithictts import TTS
+
+    tts = TTS()  # KNOWLITHIC_TTS_SERVER (or TTS_SERVER_URL), voice "elise", 16 kHz
+
+One persistent WebSocket per ``TTS`` instance carries every request of every stream, each
+tagged with its own request id.  See ``docs/protocol.md`` for the messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import weakref
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field, replace
+from typing import Final
+from urllib.parse import urlsplit, urlunsplit
+
+import aiohttp
+from livekit.agents import APIConnectOptions, tokenize, tts, utils
+from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, NOT_GIVEN, NotGivenOr
+from livekit.agents.utils import is_given
+
+from . import protocol
+from .connection import Connection, connect
+from .errors import unsupported
+from .log import logger
+from .shared_connection import SharedConnection
+from .synthesis import SentenceSynthesis
+
+DEFAULT_VOICE: Final = "elise"
+DEFAULT_SAMPLE_RATE: Final = 16000
+BASE_URL_ENV_VARS: Final = ("KNOWLITHIC_TTS_SERVER", "TTS_SERVER_URL")
+API_KEY_ENV_VAR: Final = "KNOWLITHIC_API_KEY"
+_WS_SCHEMES: Final = {"ws": "ws", "wss": "wss", "http": "ws", "https": "wss"}
+
+
+@dataclass
+class _TTSOptions:
+    url: str
+    voice: str
+    sample_rate: int
+    output_format: protocol.OutputFormat
+    word_timestamps: bool
+    api_key: str | None = field(repr=False)
+
+    def template(self, request_id: str) -> protocol.TextToSpeech:
+        return protocol.TextToSpeech(
+            request_id=request_id,
+            text="",
+            voice=self.voice,
+            sample_rate=self.sample_rate,
+            output_format=self.output_format,
+            word_timestamps=self.word_timestamps,
+        )
+
+
+class TTS(tts.TTS[None]):
+    def __init__(
+        self,
+        *,
+        base_url: str | None = None,
+        voice: str = DEFAULT_VOICE,
+        sample_rate: int = DEFAULT_SAMPLE_RATE,
+        use_streaming: bool = True,
+        api_key: str | None = None,
+        output_format: protocol.OutputFormat = "wav",
+        word_timestamps: bool = True,
+        http_session: aiohttp.ClientSession | None = None,
+        tokenizer: NotGivenOr[tokenize.SentenceTokenizer] = NOT_GIVEN,
+        connect_timeout: float = 10.0,
+        max_connection_age: float = 600.0,
+        heartbeat: float | None = 15.0,
+        sentences_ahead: int = 3,
+    ) -> None:
+        """Create a Knowlithic TTS.
+
+        Args:
+            base_url (str, optional): ``ws://``, ``wss://``, ``http://`` or ``https://`` URL of
+                the service. Defaults to ``KNOWLITHIC_TTS_SERVER``, then ``TTS_SERVER_URL``.
+            voice (str): Voice name. Defaults to ``"elise"``.
+            sample_rate (int): Output rate in Hz, 8000 to 48000. Defaults to 16000.
+            use_streaming (bool): Declare streaming synthesis (text is sent sentence by
+                sentence as the LLM writes it). With False the framework wraps this TTS in a
+                ``StreamAdapter``. Defaults to True.
+            api_key (str, optional): Sent as ``Authorization: Bearer``, never in the URL.
+                Defaults to ``KNOWLITHIC_API_KEY``.
+            output_format (str): ``"wav"`` or ``"pcm"`` audio from the server. Defaults to wav.
+            word_timestamps (bool): Ask for word timings and declare an aligned transcript.
+            http_session (aiohttp.ClientSession, optional): Session to open the socket with;
+                by default the TTS owns one.
+            tokenizer (SentenceTokenizer, optional): Splits text into sentence requests.
+            connect_timeout (float): Seconds allowed for opening the socket in the background.
+            max_connection_age (float): Seconds after which the socket is replaced.
+            heartbeat (float, optional): WebSocket ping interval that keeps idle sockets open.
+            sentences_ahead (int): Sentence requests sent before earlier ones have played.
+        """
+        if not protocol.MIN_SAMPLE_RATE <= sample_rate <= protocol.MAX_SAMPLE_RATE:
+            raise ValueError(
+                f"sample_rate must be from {protocol.MIN_SAMPLE_RATE} to "
+                f"{protocol.MAX_SAMPLE_RATE} Hz, got {sample_rate}"
+            )
+        if output_format not in protocol.OUTPUT_FORMATS:
+            raise ValueError(f"output_format must be one of {protocol.OUTPUT_FORMATS}")
+        if sentences_ahead < 1:
+            raise ValueError("sentences_ahead must be at least 1")
+        super().__init__(
+            capabilities=tts.TTSCapabilities(
+                streaming=use_streaming, aligned_transcript=word_timestamps
+            ),
+            sample_rate=sample_rate,
+            num_channels=1,
+        )
+        self._opts = _TTSOptions(
+            url=websocket_url(base_url or _first_env(BASE_URL_ENV_VARS)),
+            voice=voice,
+            sample_rate=sample_rate,
+            output_format=output_format,
+            word_timestamps=word_timestamps,
+            api_key=api_key or os.environ.get(API_KEY_ENV_VAR) or None,
+        )
+        self._session = http_session
+        self._owns_session = http_session is None
+        self._tokenizer = (
+            tokenizer if is_given(tokenizer) else tokenize.blingfire.SentenceTokenizer()
+        )
+        self._heartbeat = heartbeat
+        self._sentences_ahead = sentences_ahead
+        self._shared = SharedConnection(
+            connect=self._connect,
+            connect_timeout=connect_timeout,
+            max_age=max_connection_age,
+        )
+        self._streams: weakref.WeakSet[SynthesizeStream] = weakref.WeakSet()
+
+    @property
+    def model(self) -> str:
+        return "knowlithic-tts"
+
+    @property
+    def provider(self) -> str:
+        return "Knowlithic"
+
+    @property
+    def voice(self) -> str:
+        return self._opts.voice
+
+    def update_options(
+        self,
+        *,
+        voice: NotGivenOr[str] = NOT_GIVEN,
+        sample_rate: NotGivenOr[int] = NOT_GIVEN,
+    ) -> None:
+        """Change the voice or the output rate; streams started later use them.
+
+        Args:
+            voice (str, optional): Voice name.
+            sample_rate (int, optional): Output rate in Hz, 8000 to 48000.
+        """
+        if is_given(voice):
+            self._opts.voice = voice
+        if is_given(sample_rate):
+            if not protocol.MIN_SAMPLE_RATE <= sample_rate <= protocol.MAX_SAMPLE_RATE:
+                raise ValueError(f"sample_rate out of range: {sample_rate}")
+            self._opts.sample_rate = sample_rate
+            self._sample_rate = sample_rate
+
+    def prewarm(self) -> None:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            # the worker's setup function runs before the job's event loop exists
+            logger.warning("Knowlithic TTS prewarm() needs a running event loop; skipped")
+            return
+        self._shared.prewarm()
+
+    def synthesize(
+        self, text: str, *, conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS
+    ) -> ChunkedStream:
+        return ChunkedStream(tts=self, input_text=text, conn_options=conn_options)
+
+    def stream(
+        self, *, conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS
+    ) -> SynthesizeStream:
+        stream = SynthesizeStream(tts=self, conn_options=conn_options)
+        self._streams.add(stream)
+        return stream
+
+    async def aclose(self) -> None:
+        for stream in list(self._streams):
+            await stream.aclose()
+        self._streams.clear()
+        await self._shared.aclose()
+        if self._owns_session and self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def _connect(self, timeout: float) -> Connection:
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        conn = await connect(
+            self._session,
+            self._opts.url,
+            api_key=self._opts.api_key,
+            timeout=timeout,
+            heartbeat=self._heartbeat,
+        )
+        if conn.capabilities is not None and not conn.capabilities.word_timestamps:
+            # the framework then shows the reply's text as written, without word timings
+            self._capabilities.aligned_transcript = False
+            self._opts.word_timestamps = False
+        return conn
+
+    async def _start(
+        self,
+        stream: ChunkedStream | SynthesizeStream,
+        opts: _TTSOptions,
+        emitter: tts.AudioEmitter,
+    ) -> SentenceSynthesis:
+        """Set up one attempt of a stream: its emitter, the shared socket, the checks.
+
+        A retry runs this again with the input replayed, so all state is per attempt.
+        """
+        request_id = utils.shortuuid()
+        streaming = isinstance(stream, SynthesizeStream)
+        emitter.initialize(
+            request_id=request_id,
+            sample_rate=opts.sample_rate,
+            num_channels=1,
+            mime_type="audio/pcm",
+            stream=streaming,
+        )
+        if streaming:
+            emitter.start_segment(segment_id=request_id)
+        timeout = stream._conn_options.timeout
+        acquired = await self._shared.acquire(timeout)
+        stream._acquire_time = acquired.acquire_time
+        stream._connection_reused = acquired.reused
+        template = opts.template(request_id)
+        if not self._opts.word_timestamps:
+            template = replace(template, word_timestamps=False)
+        if (caps := acquired.connection.capabilities) is not None:
+            _check_supported(caps, template)
+
+        async def reconnect() -> Connection:
+            return (await self._shared.acquire(timeout)).connection
+
+        return SentenceSynthesis(
+            connection=acquired.connection,
+            reconnect=reconnect,
+            template=template,
+            emitter=emitter,
+            timeout=timeout,
+            window=self._sentences_ahead,
+            on_first_request=(
+                stream._mark_started if isinstance(stream, SynthesizeStream) else _nothing
+            ),
+        )
+
+
+class ChunkedStream(tts.ChunkedStream):
+    """Synthesize a whole text: its sentences are sent as pipelined requests."""
+
+    def __init__(self, *, tts: TTS, input_text: str, conn_options: APIConnectOptions) -> None:
+        super().__init__(tts=tts, input_text=input_text, conn_options=conn_options)
+        self._tts: TTS = tts
+        self._opts = replace(tts._opts)
+
+    async def _run(self, output_emitter: tts.AudioEmitter) -> None:
+        synthesis = await self._tts._start(self, self._opts, output_emitter)
+        await synthesis.run(_iterate(self._tts._tokenizer.tokenize(self._input_text)))
+        # no flush(): the framework's end_input() sends the tail as the final frame, while a
+        # flush first would make it append 10 ms of silence as a separate final marker
+
+
+class SynthesizeStream(tts.SynthesizeStream):
+    """Synthesize text as it is pushed: each sentence is sent once it is complete."""
+
+    def __init__(self, *, tts: TTS, conn_options: APIConnectOptions) -> None:
+        super().__init__(tts=tts, conn_options=conn_options)
+        self._tts: TTS = tts
+        self._opts = replace(tts._opts)
+
+    async def _run(self, output_emitter: tts.AudioEmitter) -> None:
+        sentence_stream = self._tts._tokenizer.stream()
+
+        async def forward_input() -> None:
+            async for item in self._input_ch:
+                if isinstance(item, self._FlushSentinel):
+                    sentence_stream.flush()
+                else:
+                    sentence_stream.push_text(item)
+            sentence_stream.end_input()
+
+        async def sentences() -> AsyncIterator[str]:
+            async for token in sentence_stream:
+                yield token.token
+
+        input_task = asyncio.create_task(forward_input(), name="knowlithic.input")
+        try:
+            synthesis = await self._tts._start(self, self._opts, output_emitter)
+            await synthesis.run(sentences())
+        finally:
+            await utils.aio.cancel_and_wait(input_task)
+            await sentence_stream.aclose()
+        output_emitter.end_segment()
+
+
+def websocket_url(base_url: str | None) -> str:
+    """The WebSocket URL for a ``ws``, ``wss``, ``http`` or ``https`` base URL."""
+    if not base_url:
+        raise ValueError(
+            "no Knowlithic TTS server: pass base_url or set "
+            + " or ".join(BASE_URL_ENV_VARS)
+            + " (for example ws://localhost:8000)"
+        )
+    parts = urlsplit(base_url.strip())
+    scheme = _WS_SCHEMES.get(parts.scheme.lower())
+    if scheme is None or not parts.netloc:
+        raise ValueError(
+            "the Knowlithic TTS URL must look like ws://host:port (ws, wss, http or https scheme)"
+        )
+    return urlunsplit((scheme, parts.netloc, parts.path, parts.query, ""))
+
+
+def _check_supported(caps: protocol.Capabilities, request: protocol.TextToSpeech) -> None:
+    if caps.voices and request.voice not in caps.voices:
+        raise unsupported(f"voice {request.voice!r}; it offers {', '.join(caps.voices)}")
+    if caps.sample_rates and request.sample_rate not in caps.sample_rates:
+        rates = ", ".join(str(r) for r in caps.sample_rates)
+        raise unsupported(f"{request.sample_rate} Hz output; it offers {rates}")
+    if caps.output_formats and request.output_format not in caps.output_formats:
+        raise unsupported(
+            f"{request.output_format} output; it offers {', '.join(caps.output_formats)}"
+        )
+
+
+def _first_env(names: Iterable[str]) -> str | None:
+    return next((value for name in names if (value := os.environ.get(name))), None)
+
+
+async def _iterate(items: Iterable[str]) -> AsyncIterator[str]:
+    for item in items:
+        yield item
+
+
+def _nothing() -> None:
+    pass

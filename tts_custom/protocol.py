@@ -1,0 +1,514 @@
+"""The Knowlithic TTS wire protocol, sans-I/O.
+
+Pure dataclasses and functions that turn protocol messages into WebSocket frames and back.
+Nothing here touches a socket, a clock or an event loop, so the plugin (client side) and the
+self-hosted server share one definition of every message.  ``docs/protocol.md`` is the prose
+specification of what this module implements.
+
+Two dialects share one decoder:
+
+* ``knowlithic.v1``: negotiated as the WebSocket subprotocol.  The server's first message is
+  :class:`Capabilities`, and audio travels in binary frames tagged with their request id
+  (a big-endian ``uint16`` header length, a JSON header, then the payload).
+* legacy: what the seeds' servers send.  Audio is base64 in JSON (``audio_data`` or ``data``)
+  or untagged binary frames; completion is ``complete``, ``done`` or ``SYNTHESIS_COMPLETED``.
+  Messages without a request id decode with ``request_id=None`` and the client attributes them.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal, TypeAlias, get_args
+
+PROTOCOL_VERSION: Final = 1
+SUBPROTOCOL: Final = "knowlithic.v1"
+
+OutputFormat: TypeAlias = Literal["pcm", "wav"]
+OUTPUT_FORMATS: Final[tuple[OutputFormat, ...]] = get_args(OutputFormat)
+
+MIN_SAMPLE_RATE: Final = 8000
+MAX_SAMPLE_RATE: Final = 48000
+MAX_REQUEST_ID_LENGTH: Final = 128
+
+# Error codes the server sends.  Clients treat unknown codes as not retryable unless the
+# message says otherwise.
+ERR_BAD_REQUEST: Final = "bad_request"
+ERR_UNKNOWN_VOICE: Final = "unknown_voice"
+ERR_UNSUPPORTED: Final = "unsupported"
+ERR_TEXT_TOO_LONG: Final = "text_too_long"
+ERR_DUPLICATE_REQUEST: Final = "duplicate_request_id"
+ERR_TOO_MANY_REQUESTS: Final = "too_many_requests"
+ERR_BUSY: Final = "busy"
+ERR_RATE_LIMITED: Final = "rate_limited"
+ERR_INTERNAL: Final = "internal"
+ERR_SHUTTING_DOWN: Final = "shutting_down"
+RETRYABLE_ERROR_CODES: Final = frozenset(
+    {ERR_TOO_MANY_REQUESTS, ERR_BUSY, ERR_RATE_LIMITED, ERR_INTERNAL, ERR_SHUTTING_DOWN}
+)
+
+_COMPLETE_TYPES: Final = frozenset({"complete", "completed", "done", "synthesis_completed"})
+_AUDIO_TYPES: Final = frozenset({"audio", "audio_chunk"})
+_AUDIO_FIELDS: Final = ("audio_data", "data", "audio")
+_BINARY_HEADER: Final = struct.Struct(">H")
+
+
+class ProtocolError(ValueError):
+    """A frame that is not a valid protocol message.
+
+    ``code`` is the error code a server answers with; ``request_id`` is set when the frame
+    was readable enough to name the request it belongs to.
+    """
+
+    def __init__(
+        self, message: str, *, code: str = ERR_BAD_REQUEST, request_id: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.request_id = request_id
+
+
+# ---------------------------------------------------------------------------------------------
+# client -> server
+
+
+@dataclass(frozen=True)
+class TextToSpeech:
+    """Synthesize ``text`` and stream its audio back, tagged with ``request_id``."""
+
+    request_id: str
+    text: str
+    voice: str
+    sample_rate: int
+    output_format: OutputFormat = "wav"
+    word_timestamps: bool = False
+
+
+@dataclass(frozen=True)
+class Cancel:
+    """Stop a request.  The server ends it with ``Complete(cancelled=True)``."""
+
+    request_id: str
+
+
+@dataclass(frozen=True)
+class Keepalive:
+    """Application-level keepalive for peers that do not answer WebSocket pings."""
+
+
+ClientMessage: TypeAlias = TextToSpeech | Cancel | Keepalive
+
+
+# ---------------------------------------------------------------------------------------------
+# server -> client
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a ``knowlithic.v1`` server offers; its first message on every connection."""
+
+    protocol_version: int
+    voices: tuple[str, ...]
+    output_formats: tuple[str, ...]
+    sample_rates: tuple[int, ...]
+    word_timestamps: bool = False
+    max_text_length: int | None = None
+    max_requests_in_flight: int | None = None
+
+
+@dataclass(frozen=True)
+class Audio:
+    """A piece of a request's audio: raw s16le PCM or (part of) a WAV file.
+
+    ``request_id`` is ``None`` when the server did not say which request it belongs to.
+    ``sample_rate`` is the rate of raw PCM as the server states it, if it does.
+    """
+
+    request_id: str | None
+    data: bytes
+    sample_rate: int | None = None
+    sequence: int | None = None
+
+
+@dataclass(frozen=True)
+class WordTiming:
+    word: str
+    start: float
+    end: float
+
+
+@dataclass(frozen=True)
+class WordTimestamps:
+    """Word times in seconds from the start of the request's audio.
+
+    ``estimated`` marks times derived from phoneme counts rather than the engine's alignment.
+    """
+
+    request_id: str | None
+    words: tuple[WordTiming, ...]
+    estimated: bool = False
+
+
+@dataclass(frozen=True)
+class Complete:
+    """The request has ended; no more messages follow for it."""
+
+    request_id: str | None
+    cancelled: bool = False
+
+
+@dataclass(frozen=True)
+class Error:
+    """The server refused or failed a request (or the connection, with no request id)."""
+
+    request_id: str | None
+    code: str
+    message: str
+    retryable: bool = False
+
+
+@dataclass(frozen=True)
+class Other:
+    """A message type this protocol does not define (``ready``, ``audio_start``, ...)."""
+
+    type: str
+    request_id: str | None = None
+    fields: Mapping[str, Any] = field(default_factory=dict)
+
+
+ServerMessage: TypeAlias = Capabilities | Audio | WordTimestamps | Complete | Error | Other
+
+
+def error(
+    code: str, message: str, *, request_id: str | None = None, retryable: bool | None = None
+) -> Error:
+    """An :class:`Error` whose retryability follows from its code unless given."""
+    if retryable is None:
+        retryable = code in RETRYABLE_ERROR_CODES
+    return Error(request_id=request_id, code=code, message=message, retryable=retryable)
+
+
+# ---------------------------------------------------------------------------------------------
+# encoding
+
+
+def encode_client_message(msg: ClientMessage) -> str:
+    """Encode a client message as the text of one WebSocket frame."""
+    if isinstance(msg, TextToSpeech):
+        payload: dict[str, Any] = {
+            "type": "text_to_speech",
+            "request_id": msg.request_id,
+            "text": msg.text,
+            "voice": msg.voice,
+            "sample_rate": msg.sample_rate,
+            "output_format": msg.output_format,
+        }
+        if msg.word_timestamps:
+            payload["word_timestamps"] = True
+    elif isinstance(msg, Cancel):
+        payload = {"type": "cancel", "request_id": msg.request_id}
+    else:
+        payload = {"type": "keepalive"}
+    return _dumps(payload)
+
+
+def encode_server_message(msg: ServerMessage, *, binary_audio: bool = True) -> str | bytes:
+    """Encode a server message as one WebSocket frame.
+
+    Audio becomes a tagged binary frame when ``binary_audio`` (the ``knowlithic.v1`` dialect),
+    otherwise base64 JSON under ``audio_data`` (what legacy clients read).
+    """
+    if isinstance(msg, Audio):
+        header: dict[str, Any] = {"type": "audio", "request_id": msg.request_id}
+        if msg.sample_rate is not None:
+            header["sample_rate"] = msg.sample_rate
+        if msg.sequence is not None:
+            header["sequence"] = msg.sequence
+        if binary_audio:
+            raw = _dumps(header).encode()
+            return _BINARY_HEADER.pack(len(raw)) + raw + msg.data
+        header["audio_data"] = base64.b64encode(msg.data).decode("ascii")
+        return _dumps(header)
+    if isinstance(msg, Capabilities):
+        return _dumps(
+            {
+                "type": "capabilities",
+                "protocol_version": msg.protocol_version,
+                "voices": list(msg.voices),
+                "output_formats": list(msg.output_formats),
+                "sample_rates": list(msg.sample_rates),
+                "word_timestamps": msg.word_timestamps,
+                "max_text_length": msg.max_text_length,
+                "max_requests_in_flight": msg.max_requests_in_flight,
+            }
+        )
+    if isinstance(msg, WordTimestamps):
+        return _dumps(
+            {
+                "type": "word_timestamps",
+                "request_id": msg.request_id,
+                "estimated": msg.estimated,
+                "words": [
+                    {"word": w.word, "start": round(w.start, 4), "end": round(w.end, 4)}
+                    for w in msg.words
+                ],
+            }
+        )
+    if isinstance(msg, Complete):
+        payload: dict[str, Any] = {"type": "complete", "request_id": msg.request_id}
+        if msg.cancelled:
+            payload["cancelled"] = True
+        return _dumps(payload)
+    if isinstance(msg, Error):
+        return _dumps(
+            {
+                "type": "error",
+                "request_id": msg.request_id,
+                "code": msg.code,
+                "message": msg.message,
+                "retryable": msg.retryable,
+            }
+        )
+    return _dumps({**msg.fields, "type": msg.type, "request_id": msg.request_id})
+
+
+# ---------------------------------------------------------------------------------------------
+# decoding
+
+
+def decode_client_message(frame: str | bytes) -> ClientMessage:
+    """Decode and validate one frame a client sent.  Raises :class:`ProtocolError`."""
+    if isinstance(frame, bytes):
+        raise ProtocolError("binary frames are not accepted from clients; send JSON text")
+    obj = _loads(frame)
+    kind = _message_type(obj)
+    if kind == "keepalive":
+        return Keepalive()
+    request_id = _required_request_id(obj)
+    if kind == "cancel":
+        return Cancel(request_id=request_id)
+    if kind != "text_to_speech":
+        raise ProtocolError(f"unknown message type {kind!r}", request_id=request_id)
+
+    text = obj.get("text")
+    if not isinstance(text, str):
+        raise ProtocolError("'text' must be a string", request_id=request_id)
+    voice = obj.get("voice")
+    if not isinstance(voice, str) or not voice:
+        raise ProtocolError("'voice' must be a non-empty string", request_id=request_id)
+    sample_rate = obj.get("sample_rate")
+    if (
+        not isinstance(sample_rate, int)
+        or isinstance(sample_rate, bool)
+        or not MIN_SAMPLE_RATE <= sample_rate <= MAX_SAMPLE_RATE
+    ):
+        raise ProtocolError(
+            f"'sample_rate' must be an integer from {MIN_SAMPLE_RATE} to {MAX_SAMPLE_RATE}",
+            request_id=request_id,
+        )
+    output_format = obj.get("output_format", "wav")
+    if output_format not in OUTPUT_FORMATS:
+        raise ProtocolError(
+            f"'output_format' must be one of {', '.join(OUTPUT_FORMATS)}",
+            code=ERR_UNSUPPORTED,
+            request_id=request_id,
+        )
+    word_timestamps = obj.get("word_timestamps", False)
+    if not isinstance(word_timestamps, bool):
+        raise ProtocolError("'word_timestamps' must be a boolean", request_id=request_id)
+    return TextToSpeech(
+        request_id=request_id,
+        text=text,
+        voice=voice,
+        sample_rate=sample_rate,
+        output_format=output_format,
+        word_timestamps=word_timestamps,
+    )
+
+
+def decode_server_message(frame: str | bytes, *, tagged_binary: bool) -> ServerMessage:
+    """Decode one frame a server sent.  Raises :class:`ProtocolError`.
+
+    ``tagged_binary`` says binary frames carry the ``knowlithic.v1`` header; otherwise a
+    binary frame is bare audio with no request id.
+    """
+    if isinstance(frame, bytes):
+        if not tagged_binary:
+            return Audio(request_id=None, data=frame)
+        return _decode_tagged_audio(frame)
+
+    obj = _loads(frame)
+    kind = _message_type(obj)
+    request_id = _optional_request_id(obj)
+
+    if kind in _AUDIO_TYPES:
+        return Audio(
+            request_id=request_id,
+            data=_audio_field(obj, request_id),
+            sample_rate=_optional_int(obj, "sample_rate", request_id),
+            sequence=_optional_int(obj, "sequence", request_id),
+        )
+    if kind in _COMPLETE_TYPES:
+        return Complete(request_id=request_id, cancelled=obj.get("cancelled") is True)
+    if kind == "cancelled":
+        return Complete(request_id=request_id, cancelled=True)
+    if kind == "word_timestamps":
+        return WordTimestamps(
+            request_id=request_id,
+            words=_word_timings(obj.get("words"), request_id),
+            estimated=obj.get("estimated") is True,
+        )
+    if kind == "error":
+        code = str(obj.get("code") or "error")
+        retryable = obj.get("retryable")
+        return error(
+            code,
+            str(obj.get("message") or obj.get("error") or code),
+            request_id=request_id,
+            retryable=retryable if isinstance(retryable, bool) else None,
+        )
+    if kind == "capabilities":
+        return _capabilities(obj)
+    return Other(type=kind, request_id=request_id, fields=obj)
+
+
+def _decode_tagged_audio(frame: bytes) -> Audio:
+    if len(frame) < _BINARY_HEADER.size:
+        raise ProtocolError("binary frame shorter than its header length field")
+    (header_len,) = _BINARY_HEADER.unpack_from(frame)
+    end = _BINARY_HEADER.size + header_len
+    if len(frame) < end:
+        raise ProtocolError("binary frame shorter than its declared header")
+    try:
+        header = json.loads(frame[_BINARY_HEADER.size : end])
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ProtocolError(f"binary frame header is not JSON: {e}") from None
+    if not isinstance(header, dict):
+        raise ProtocolError("binary frame header must be a JSON object")
+    request_id = _optional_request_id(header)
+    return Audio(
+        request_id=request_id,
+        data=frame[end:],
+        sample_rate=_optional_int(header, "sample_rate", request_id),
+        sequence=_optional_int(header, "sequence", request_id),
+    )
+
+
+def _capabilities(obj: Mapping[str, Any]) -> Capabilities:
+    def str_list(key: str) -> tuple[str, ...]:
+        value = obj.get(key) or []
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ProtocolError(f"capabilities '{key}' must be a list of strings")
+        return tuple(value)
+
+    rates = obj.get("sample_rates") or []
+    if not isinstance(rates, list) or not all(_is_int(r) for r in rates):
+        raise ProtocolError("capabilities 'sample_rates' must be a list of integers")
+    version = _optional_int(obj, "protocol_version", None)
+    if version is None:
+        raise ProtocolError("capabilities 'protocol_version' must be an integer")
+    return Capabilities(
+        protocol_version=version,
+        voices=str_list("voices"),
+        output_formats=str_list("output_formats"),
+        sample_rates=tuple(rates),
+        word_timestamps=obj.get("word_timestamps") is True,
+        max_text_length=_optional_int(obj, "max_text_length", None),
+        max_requests_in_flight=_optional_int(obj, "max_requests_in_flight", None),
+    )
+
+
+def _word_timings(value: Any, request_id: str | None) -> tuple[WordTiming, ...]:
+    if not isinstance(value, list):
+        raise ProtocolError("'words' must be a list", request_id=request_id)
+    words = []
+    for item in value:
+        if not isinstance(item, dict):
+            raise ProtocolError("each word timing must be an object", request_id=request_id)
+        word = item.get("word", item.get("text"))
+        start = item.get("start", item.get("start_time"))
+        end = item.get("end", item.get("end_time"))
+        if (
+            not isinstance(word, str)
+            or not isinstance(start, int | float)
+            or not isinstance(end, int | float)
+        ):
+            raise ProtocolError(
+                "a word timing needs 'word' (string), 'start' and 'end' (seconds)",
+                request_id=request_id,
+            )
+        words.append(WordTiming(word=word, start=float(start), end=float(end)))
+    return tuple(words)
+
+
+def _audio_field(obj: Mapping[str, Any], request_id: str | None) -> bytes:
+    for key in _AUDIO_FIELDS:
+        value = obj.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            raise ProtocolError(f"'{key}' must be a base64 string", request_id=request_id)
+        try:
+            return base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            raise ProtocolError(f"'{key}' is not valid base64", request_id=request_id) from None
+    return b""
+
+
+def _loads(frame: str) -> dict[str, Any]:
+    try:
+        obj = json.loads(frame)
+    except json.JSONDecodeError as e:
+        raise ProtocolError(f"frame is not valid JSON: {e.msg}") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError("frame must be a JSON object")
+    return obj
+
+
+def _message_type(obj: Mapping[str, Any]) -> str:
+    kind = obj.get("type")
+    if not isinstance(kind, str) or not kind.strip():
+        raise ProtocolError("message has no 'type'", request_id=_optional_request_id(obj, True))
+    return kind.strip().lower().replace("-", "_")
+
+
+def _optional_request_id(obj: Mapping[str, Any], lenient: bool = False) -> str | None:
+    value = obj.get("request_id")
+    if value is None:
+        return None
+    if _is_int(value):
+        # the seed's client numbered its requests; servers echo them back as numbers
+        return str(value)
+    if isinstance(value, str) and 0 < len(value) <= MAX_REQUEST_ID_LENGTH:
+        return value
+    if lenient:
+        return None
+    raise ProtocolError(f"'request_id' must be a string of 1 to {MAX_REQUEST_ID_LENGTH} characters")
+
+
+def _required_request_id(obj: Mapping[str, Any]) -> str:
+    request_id = _optional_request_id(obj)
+    if request_id is None:
+        raise ProtocolError("'request_id' is required")
+    return request_id
+
+
+def _optional_int(obj: Mapping[str, Any], key: str, request_id: str | None) -> int | None:
+    value = obj.get(key)
+    if value is None:
+        return None
+    if not _is_int(value):
+        raise ProtocolError(f"'{key}' must be an integer", request_id=request_id)
+    return int(value)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _dumps(payload: Mapping[str, Any]) -> str:
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False)

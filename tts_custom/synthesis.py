@@ -1,0 +1,305 @@
+"""Speak a stream of sentences over the shared connection, one request per sentence.
+
+Each sentence becomes its own ``text_to_speech`` request as soon as the tokenizer completes
+it, so the first audio never waits for the rest of the reply.  A few sentences are sent
+ahead so the server works while earlier ones play, and their audio is played strictly in
+order.  Whatever ends the synthesis early (an interruption, an error) cancels every request
+still open, so the server stops and no late audio reaches the next turn.
+
+Because every sentence is its own request, a failure costs one sentence, not the reply: once
+the reply has begun to play, a sentence the server refused for a passing reason (busy, rate
+limited) or lost with its socket is requested again, on a new socket if need be.  When part
+of it had already played, the part already heard is skipped in the new rendition, so no
+sentence is lost and none is spoken twice.  The framework cannot do this: it gives a stream
+up once audio has played.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterable, Awaitable, Callable
+from dataclasses import dataclass, replace
+
+import numpy as np
+from livekit import rtc
+from livekit.agents import APIConnectionError, APIError, APIStatusError, APITimeoutError, tts
+from livekit.agents.types import TimedString
+
+from . import protocol
+from .alignment import align_words
+from .connection import Connection, ConnectionLost, RequestChannel
+from .errors import connection_lost_error, server_error
+from .log import logger
+from .payload import AudioFormatError, PayloadDecoder, PcmChunk
+
+# bounds the wait for a cancel to be written when the socket is stalled
+_CANCEL_SEND_TIMEOUT = 1.0
+# requests per sentence: the first, then retries after passing failures
+_MAX_ATTEMPTS = 3
+_RETRY_DELAY = 0.1  # doubled on every further retry of the same sentence
+
+Reconnect = Callable[[], Awaitable[Connection]]
+
+
+@dataclass
+class _Sentence:
+    index: int
+    text: str
+    channel: RequestChannel | None = None
+    attempts: int = 0
+    played: int = 0  # output samples of this sentence already pushed
+    words_sent: bool = False
+    started_at: float = 0.0  # the stream's audio duration when this sentence began
+
+
+class AudioSink:
+    """Writes decoded PCM to the emitter as mono s16le at the stream's declared rate.
+
+    The audio's real rate wins over the configured one: audio at any other rate is
+    resampled, with one resampler per stream so sentence seams stay continuous.
+    """
+
+    def __init__(self, emitter: tts.AudioEmitter, *, sample_rate: int) -> None:
+        self._emitter = emitter
+        self._rate = sample_rate
+        self._resampler: rtc.AudioResampler | None = None
+        self._resampler_rate = 0
+        self.samples = 0
+        self._skip = 0
+
+    @property
+    def duration(self) -> float:
+        return self.samples / self._rate
+
+    def skip(self, samples: int) -> None:
+        """Drop the next ``samples`` output samples: they were heard from another rendition."""
+        self._skip = samples
+
+    def write(self, chunk: PcmChunk) -> int:
+        """Push ``chunk``; returns the output samples that reached the emitter."""
+        pcm = chunk.pcm
+        if chunk.num_channels > 1:
+            frames = np.frombuffer(pcm, dtype="<i2").reshape(-1, chunk.num_channels)
+            pcm = frames.mean(axis=1).astype("<i2").tobytes()
+        if chunk.sample_rate == self._rate:
+            return self._push(pcm)
+        if self._resampler_rate != chunk.sample_rate:
+            self.flush()
+            self._resampler = rtc.AudioResampler(chunk.sample_rate, self._rate, num_channels=1)
+            self._resampler_rate = chunk.sample_rate
+        assert self._resampler is not None
+        frame = rtc.AudioFrame(pcm, chunk.sample_rate, 1, len(pcm) // 2)
+        return sum(self._push(out.data.tobytes()) for out in self._resampler.push(frame))
+
+    def flush(self) -> None:
+        if self._resampler is not None:
+            for out in self._resampler.flush():
+                self._push(out.data.tobytes())
+            self._resampler, self._resampler_rate = None, 0
+
+    def _push(self, pcm: bytes) -> int:
+        if self._skip:
+            dropped = min(self._skip, len(pcm) // 2)
+            self._skip -= dropped
+            pcm = pcm[dropped * 2 :]
+        if not pcm:
+            return 0
+        self.samples += len(pcm) // 2
+        self._emitter.push(pcm)
+        return len(pcm) // 2
+
+
+class SentenceSynthesis:
+    """Turns sentences into requests and their audio into the emitter, in order."""
+
+    def __init__(
+        self,
+        *,
+        connection: Connection,
+        reconnect: Reconnect,
+        template: protocol.TextToSpeech,
+        emitter: tts.AudioEmitter,
+        timeout: float,
+        window: int,
+        on_first_request: Callable[[], None],
+    ) -> None:
+        self._conn = connection
+        self._reconnect = reconnect
+        self._template = template
+        self._emitter = emitter
+        self._sink = AudioSink(emitter, sample_rate=template.sample_rate)
+        self._timeout = timeout
+        self._window = asyncio.Semaphore(window)
+        self._on_first_request = on_first_request
+        self._queue: asyncio.Queue[_Sentence | None] = asyncio.Queue()
+        self._open: list[_Sentence] = []
+        self._requests = 0
+
+    async def run(self, sentences: AsyncIterable[str]) -> None:
+        send = asyncio.create_task(self._send_all(sentences), name="knowlithic.send")
+        play = asyncio.create_task(self._play_all(), name="knowlithic.play")
+        try:
+            done, _ = await asyncio.wait({send, play}, return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                task.result()  # raise the first failure
+            await play
+        finally:
+            for task in (send, play):
+                task.cancel()
+            await asyncio.gather(send, play, return_exceptions=True)
+            await self._cancel_open()
+        self._sink.flush()
+
+    async def _send_all(self, sentences: AsyncIterable[str]) -> None:
+        count = 0
+        async for text in sentences:
+            if not text.strip():
+                continue  # nothing to say; a request for it would return no audio
+            for piece in _fit(text, self._max_text_length()):
+                await self._window.acquire()
+                sentence = _Sentence(index=count, text=piece)
+                count += 1
+                self._open.append(sentence)
+                self._queue.put_nowait(sentence)
+                self._on_first_request()
+                await self._request(sentence)
+        self._queue.put_nowait(None)
+
+    async def _request(self, sentence: _Sentence) -> None:
+        """Send (or send again) one sentence's request on the current connection."""
+        if self._conn.closed:
+            self._conn = await self._reconnect()
+        request_id = f"{self._template.request_id}-{self._requests}"
+        self._requests += 1
+        sentence.attempts += 1
+        channel = self._conn.open_request(request_id)
+        sentence.channel = channel
+        try:
+            await self._conn.send(
+                replace(self._template, request_id=request_id, text=sentence.text)
+            )
+        except APIConnectionError as e:
+            # the player sees the loss on the channel and asks again
+            channel._deliver(ConnectionLost(close_code=None, reason=str(e)))
+
+    async def _play_all(self) -> None:
+        while (sentence := await self._queue.get()) is not None:
+            await self._play(sentence)
+            if sentence.channel is not None:
+                sentence.channel.close()
+            self._open.remove(sentence)
+            self._window.release()
+
+    async def _play(self, sentence: _Sentence) -> None:
+        sentence.started_at = self._sink.duration
+        while True:
+            try:
+                await self._play_attempt(sentence)
+                return
+            except APIError as e:
+                # before the stream's first audio the framework retries the whole stream
+                # (with its error events and pacing); after it, only we can
+                if (
+                    not self._sink.samples
+                    or not _worth_retrying(e)
+                    or sentence.attempts >= _MAX_ATTEMPTS
+                ):
+                    raise
+                logger.info(
+                    "requesting a sentence again after: %s",
+                    e,
+                    extra={"sentence": sentence.index, "played_samples": sentence.played},
+                )
+            await asyncio.sleep(_RETRY_DELAY * 2 ** (sentence.attempts - 1))
+            await self._request(sentence)
+            # sentences sent ahead on a socket that died are asked for again now, not on
+            # their turn, so the server renders them while this one plays
+            for later in self._open:
+                if later is not sentence and later.channel is not None and later.channel.lost:
+                    await self._request(later)
+
+    async def _play_attempt(self, sentence: _Sentence) -> None:
+        assert sentence.channel is not None
+        channel = sentence.channel
+        decoder = PayloadDecoder(sample_rate=self._template.sample_rate)
+        self._sink.skip(sentence.played)  # a new rendition resumes where the last one stopped
+        while True:
+            event = await channel.receive(self._timeout)
+            if isinstance(event, protocol.Audio):
+                try:
+                    chunk = decoder.feed(event.data, sample_rate=event.sample_rate)
+                except AudioFormatError as e:
+                    raise APIStatusError(
+                        f"Knowlithic TTS sent audio that cannot be played: {e}",
+                        status_code=502,
+                        retryable=False,
+                    ) from None
+                if chunk is not None:
+                    sentence.played += self._sink.write(chunk)
+            elif isinstance(event, protocol.WordTimestamps):
+                self._push_words(sentence, event)
+            elif isinstance(event, protocol.Complete):
+                if event.cancelled:
+                    raise APIConnectionError("Knowlithic TTS cancelled the request itself")
+                if decoder.pending_bytes:
+                    logger.debug("dropping %d bytes of a partial sample", decoder.pending_bytes)
+                self._sink.skip(0)
+                return
+            elif isinstance(event, protocol.Error):
+                raise server_error(event)
+            elif isinstance(event, ConnectionLost):
+                raise connection_lost_error(event.close_code, event.reason)
+
+    def _push_words(self, sentence: _Sentence, event: protocol.WordTimestamps) -> None:
+        if sentence.words_sent:
+            return  # a second rendition of a sentence whose words were already given
+        sentence.words_sent = True
+        # the tokenizer strips the space between sentences; the transcript keeps it
+        text = sentence.text if sentence.index == 0 else " " + sentence.text
+        for piece in align_words(text, event.words, offset=sentence.started_at):
+            self._emitter.push_timed_transcript(
+                TimedString(piece.text, start_time=piece.start, end_time=piece.end)
+            )
+
+    def _max_text_length(self) -> int | None:
+        caps = self._conn.capabilities
+        return caps.max_text_length if caps is not None else None
+
+    async def _cancel_open(self) -> None:
+        open_requests, self._open = self._open, []
+        for sentence in open_requests:
+            if sentence.channel is None:
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(sentence.channel.cancel(), _CANCEL_SEND_TIMEOUT)
+
+
+def _worth_retrying(error: APIError) -> bool:
+    # a timeout means the server is stuck: asking it again would only double the wait
+    return error.retryable and not isinstance(error, APITimeoutError)
+
+
+def _fit(text: str, limit: int | None) -> list[str]:
+    """Split a sentence longer than the server accepts at word boundaries."""
+    if limit is None or len(text) <= limit:
+        return [text]
+    pieces: list[str] = []
+    current = ""
+    for whole_word in text.split(" "):
+        word = whole_word
+        while len(word) > limit:  # a "word" longer than the limit: cut it
+            if current:
+                pieces.append(current)
+                current = ""
+            pieces.append(word[:limit])
+            word = word[limit:]
+        candidate = f"{current} {word}" if current else word
+        if len(candidate) <= limit:
+            current = candidate
+        else:
+            pieces.append(current)
+            current = word
+    if current:
+        pieces.append(current)
+    return pieces
