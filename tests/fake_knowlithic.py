@@ -70,6 +70,7 @@ class Behavior:
     max_text_length: int | None = None
     handshake_status: int | None = None
     idle_timeout: float | None = None  # close a socket that sends nothing (not even a ping)
+    close_on_connect: bool = False  # accept the handshake, then close at once (code 1008)
     api_key: str | None = None
     first_audio_delay: float = 0.0
     chunk_delay: float = 0.0
@@ -157,6 +158,10 @@ class FakeKnowlithicServer:
         v1 = ws.ws_protocol == protocol.SUBPROTOCOL
         if v1:
             await ws.send_str(self._capabilities())
+        if b.close_on_connect:
+            await ws.close(code=1008, message=b"policy violation")
+            self._sockets.discard(ws)
+            return ws
         running: dict[str, asyncio.Task[None]] = {}
         # a server that does not tag its messages can only answer one request at a time
         serial = asyncio.Lock() if not b.tag_messages else None

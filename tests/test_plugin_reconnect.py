@@ -6,12 +6,12 @@ import asyncio
 import time
 
 import pytest
-from livekit.agents import APIConnectOptions
+from livekit.agents import APIConnectionError, APIConnectOptions
 
 from tests.conftest import MakeTTS
 from tests.fake_knowlithic import FakeKnowlithicServer
 from tests.plugin_helpers import eventually, expected_digest, speak
-from tts_custom.backoff import Backoff
+from tts_custom.backoff import Backoff, Health
 
 TEXT = "Still speaking after the trouble."
 RETRY = APIConnectOptions(max_retry=3, retry_interval=0.2, timeout=2.0)
@@ -54,18 +54,42 @@ async def test_a_server_close_frame_is_treated_like_a_drop(
     assert (await speak(tts, TEXT)).digest == expected_digest([TEXT])
 
 
-async def test_background_reconnect_gives_up_while_the_server_is_down(
+async def test_background_reconnect_stops_while_the_server_is_down(
     server: FakeKnowlithicServer, make_tts: MakeTTS
 ) -> None:
     tts = make_tts()
     tts._shared._backoff = Backoff(base=0.01, cap=0.02)
+    tts._shared._health = Health(cooldown=0.5)
     await speak(tts, TEXT)
     await server.stop()
-    await asyncio.sleep(0.5)  # five quick attempts fail, then it waits for a request
-    assert tts._shared.current is None
+    await asyncio.sleep(0.3)  # a few quick attempts fail, then it stops trying
+    assert tts._shared.current is None and not tts.healthy
     assert not [t for t in tts._shared._tasks if not t.done()]
     await server.start()
+    # within the cool-down a turn fails at once instead of hammering the server
+    with pytest.raises(APIConnectionError, match="unhealthy"):
+        await speak(tts, TEXT, conn_options=RETRY)
+    await asyncio.sleep(0.5)
     assert (await speak(tts, TEXT, conn_options=RETRY)).digest == expected_digest([TEXT])
+    assert tts.healthy
+
+
+async def test_a_server_that_accepts_and_closes_at_once_is_not_hammered(
+    server: FakeKnowlithicServer, make_tts: MakeTTS
+) -> None:
+    # a refused key sent as a close frame, or a crash loop (pipecat #3711)
+    server.behavior.close_on_connect = True
+    tts = make_tts()
+    tts._shared._backoff = Backoff(base=0.01, cap=0.02)
+    deadline = asyncio.get_running_loop().time() + 1.5
+    errors: list[APIConnectionError] = []
+    while asyncio.get_running_loop().time() < deadline:
+        with pytest.raises(APIConnectionError) as info:
+            await speak(tts, TEXT, conn_options=RETRY)
+        errors.append(info.value)
+    assert not tts.healthy
+    assert "unhealthy" in str(errors[-1])
+    assert server.received.connections == 3  # then it stopped: no reconnect storm
 
 
 async def test_an_old_socket_is_replaced_before_its_maximum_age(
@@ -137,3 +161,16 @@ async def test_pings_keep_an_idle_socket_open(
     await speak(silent, TEXT)
     await eventually(lambda: server.received.connections >= 3)  # closed, then reopened
     assert (await speak(silent, TEXT, conn_options=RETRY)).digest == expected_digest([TEXT])
+
+
+def test_health_trips_after_failures_in_a_row_and_cools_down_longer_each_time() -> None:
+    health = Health(threshold=3, cooldown=10, max_cooldown=25)
+    tripped = [health.failed(0), health.failed(1), health.failed(2)]
+    assert tripped == [False, False, True]
+    assert not health.healthy
+    assert health.wait_left(2) == 10 and health.wait_left(13) == 0
+    assert health.failed(13) and health.wait_left(13) == 20  # the retry failed: twice as long
+    assert health.failed(40) and health.wait_left(40) == 25  # capped
+    health.succeeded()
+    assert health.wait_left(40) == 0
+    assert health.healthy  # mypy narrowed this to False above; the call changed it

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
@@ -95,6 +95,8 @@ class Connection:
         self._last_named: str | None = None
         self._lost: ConnectionLost | None = None
         self._closing = False
+        self.answered = 0  # messages the server sent for requests: proof that it works
+        self.on_first_answer: Callable[[], None] | None = None
         self._idle = asyncio.Event()
         self._idle.set()
         self._recv_task = asyncio.create_task(self._recv_loop(), name="knowlithic.recv")
@@ -146,6 +148,10 @@ class Connection:
 
     async def wait_idle(self) -> None:
         await self._idle.wait()
+
+    @property
+    def closed_by_client(self) -> bool:
+        return self._closing
 
     async def wait_closed(self) -> None:
         """Return once the socket is gone, for whatever reason."""
@@ -226,6 +232,9 @@ class Connection:
                 )
             return
         channel._deliver(msg)
+        self.answered += 1
+        if self.answered == 1 and self.on_first_answer is not None:
+            self.on_first_answer()
         if channel.finished:
             # unroute now: the next untagged message already belongs to the next request
             self._unroute(channel)

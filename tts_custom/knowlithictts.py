@@ -149,6 +149,11 @@ class TTS(tts.TTS[None]):
     def voice(self) -> str:
         return self._opts.voice
 
+    @property
+    def healthy(self) -> bool:
+        """False while the server keeps refusing or dropping connections (reconnects pause)."""
+        return self._shared.healthy
+
     def update_options(
         self,
         *,

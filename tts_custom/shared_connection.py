@@ -14,9 +14,9 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from livekit.agents import APIError, APITimeoutError
+from livekit.agents import APIConnectionError, APIError, APITimeoutError
 
-from .backoff import Backoff
+from .backoff import STABLE_AFTER, Backoff, Health
 from .connection import Connection
 from .log import logger
 
@@ -41,17 +41,24 @@ class SharedConnection:
         connect_timeout: float,
         max_age: float,
         backoff: Backoff | None = None,
+        health: Health | None = None,
     ) -> None:
         self._connect = connect
         self._connect_timeout = connect_timeout
         self._max_age = max_age
         self._backoff = backoff or Backoff()
+        self._health = health or Health()
         self._lock = asyncio.Lock()
         self._conn: Connection | None = None
         self._retired: set[Connection] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._prewarm_task: asyncio.Task[None] | None = None
         self._closed = False
+
+    @property
+    def healthy(self) -> bool:
+        """False after several connections in a row failed or were closed at once."""
+        return self._health.healthy
 
     @property
     def current(self) -> Connection | None:
@@ -102,6 +109,8 @@ class SharedConnection:
         conn = self._conn
         if conn is None:
             return None
+        if conn.age >= STABLE_AFTER:
+            self._proved()
         if conn.closed:
             self._conn = None
             return None
@@ -113,15 +122,22 @@ class SharedConnection:
     async def _open_locked(self, timeout: float, *, pace: bool = True) -> Connection:
         if self._closed:
             raise APIError("the Knowlithic TTS was closed", retryable=False)
+        if wait := self._health.wait_left(time.monotonic()):
+            # do not hammer a server that keeps failing: fail this turn fast instead
+            raise APIConnectionError(
+                f"Knowlithic TTS is unhealthy ({self._health.failures} connection failures in "
+                f"a row); the next attempt is in {wait:.1f} s",
+                retryable=False,
+            )
         if pace:
             await self._pace()
         try:
             conn = await self._connect(timeout)
         except APIError:
-            self._backoff.failed()
+            self._failed()
             raise
-        self._backoff.succeeded()
         self._conn = conn
+        conn.on_first_answer = self._proved
         self._spawn(self._supervise(conn))
         return conn
 
@@ -139,6 +155,8 @@ class SharedConnection:
             await self._refresh(conn)
             return
         # still current: it was not replaced, so the server (or a cancel) dropped it
+        if not conn.closed_by_client and not _proved(conn):
+            self._failed()  # accepted, then dropped at once: as bad as a refusal
         if conn is self._conn and not self._closed:
             self._conn = None
             await self._reopen_in_background()
@@ -157,6 +175,8 @@ class SharedConnection:
 
     async def _reopen_in_background(self) -> None:
         for _ in range(_BACKGROUND_ATTEMPTS):
+            if not self._health.healthy:
+                return  # the next request tries again once the cool-down has passed
             await self._pace()  # outside the lock: a request may connect meanwhile
             async with self._lock:
                 if self._closed or self._usable() is not None:
@@ -166,6 +186,20 @@ class SharedConnection:
                     return
                 except APIError as e:
                     logger.info("reconnecting to Knowlithic TTS failed: %s", e)
+
+    def _proved(self) -> None:
+        self._backoff.succeeded()
+        self._health.succeeded()
+
+    def _failed(self) -> None:
+        self._backoff.failed()
+        if self._health.failed(time.monotonic()):
+            logger.warning(
+                "Knowlithic TTS looks unhealthy: %d connection failures in a row; "
+                "pausing reconnects for %.0f s",
+                self._health.failures,
+                self._health.wait_left(time.monotonic()),
+            )
 
     async def _pace(self) -> None:
         if delay := self._backoff.next_delay():
@@ -186,3 +220,8 @@ class SharedConnection:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
+
+
+def _proved(conn: Connection) -> bool:
+    """The server answered on it, or it stayed up long enough: the server works."""
+    return conn.answered > 0 or conn.age >= STABLE_AFTER

@@ -161,9 +161,9 @@ class SentenceSynthesis:
                 sentence = _Sentence(index=count, text=piece)
                 count += 1
                 self._open.append(sentence)
-                self._queue.put_nowait(sentence)
                 self._on_first_request()
                 await self._request(sentence)
+                self._queue.put_nowait(sentence)  # only now has it a channel to play from
         self._queue.put_nowait(None)
 
     async def _request(self, sentence: _Sentence) -> None:
