@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import hashlib
 import json
 import struct
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -65,6 +66,7 @@ class Behavior:
     actual_sample_rate: int | None = None  # produce audio at this rate, not the one asked
     wav_extra_chunk: bytes = b""  # e.g. a LIST chunk before data
     wav_trailer: bytes = b""  # bytes after a sized data chunk
+    wav_claimed_size: int | None = None  # a data size in the header that lies short
     channels: int = 1  # WAV payloads only: each sample repeated on every channel
     voices: tuple[str, ...] = ("elise", "joe")
     max_text_length: int | None = None
@@ -75,6 +77,9 @@ class Behavior:
     first_audio_delay: float = 0.0
     chunk_delay: float = 0.0
     stall: bool = False  # accept requests and never answer
+    stall_after_chunks: int | None = None  # send this many chunks, then nothing more
+    withhold_completion: bool = False  # send all the audio, never the completion
+    huge_message: int | None = None  # send one text frame of this many bytes first, once
     ignore_cancel: bool = False  # keep streaming a cancelled request, then complete it
     drop_after_chunks: int | None = None  # abort the socket after sending this many chunks
     max_drops: int | None = None  # how many times to do that (None: every time)
@@ -99,7 +104,6 @@ class FakeKnowlithicServer:
         self._runner: web.AppRunner | None = None
         self._sockets: set[web.WebSocketResponse] = set()
         self._tasks: set[asyncio.Task[None]] = set()
-        self.on_request: Callable[[protocol.TextToSpeech], None] | None = None
 
     @property
     def url(self) -> str:
@@ -172,12 +176,11 @@ class FakeKnowlithicServer:
                 message = protocol.decode_client_message(msg.data)
                 if isinstance(message, protocol.TextToSpeech):
                     self.received.requests.append(message)
-                    if self.on_request is not None:
-                        self.on_request(message)
                     task = asyncio.create_task(self._serve(ws, message, v1, serial))
                     running[message.request_id] = task
                     self._tasks.add(task)
                     task.add_done_callback(self._tasks.discard)
+                    task.add_done_callback(functools.partial(_forget, running, message.request_id))
                 elif isinstance(message, protocol.Cancel):
                     self.received.cancels.append(message.request_id)
                     task_ = running.pop(message.request_id, None)
@@ -229,6 +232,9 @@ class FakeKnowlithicServer:
         b = self.behavior
         if b.stall:
             await asyncio.Event().wait()
+        if b.huge_message is not None:
+            size, b.huge_message = b.huge_message, None
+            await ws.send_str('{"type": "note", "pad": "' + "x" * size + '"}')
         for frame in b.before_audio:
             await (ws.send_bytes(frame) if isinstance(frame, bytes) else ws.send_str(frame))
         if (err := b.error_for.get(req.text)) is not None and b.max_errors != 0:
@@ -256,9 +262,13 @@ class FakeKnowlithicServer:
             if self._should_drop(n):
                 await self.drop_connections()
                 return
+            if b.stall_after_chunks is not None and n >= b.stall_after_chunks:
+                await asyncio.Event().wait()
             await self._send_audio(ws, v1, req.request_id, chunk, rate=rate, seq=n)
             if b.chunk_delay:
                 await asyncio.sleep(b.chunk_delay)
+        if b.withhold_completion:
+            await asyncio.Event().wait()
         await self._send(ws, v1, {"type": b.completion_type}, req.request_id)
 
     def _should_drop(self, chunks_sent: int) -> bool:
@@ -290,13 +300,10 @@ class FakeKnowlithicServer:
                 for p in parts
             ]
         if payload == "wav_per_request":
-            sized = bool(b.wav_trailer)
-            header = wav_header(
-                rate,
-                len(pcm) if sized else 0xFFFFFFFF,
-                extra_chunk=b.wav_extra_chunk,
-                channels=b.channels,
-            )
+            data_size = len(pcm) if b.wav_trailer else 0xFFFFFFFF
+            if b.wav_claimed_size is not None:
+                data_size = b.wav_claimed_size
+            header = wav_header(rate, data_size, extra_chunk=b.wav_extra_chunk, channels=b.channels)
             stream = header + pcm + b.wav_trailer
             return [stream[i : i + size] for i in range(0, len(stream), size)]
         return parts
@@ -365,3 +372,7 @@ async def _until_idle(ws: web.WebSocketResponse) -> AsyncIterator[WSMessage]:
         if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
             return
         yield msg
+
+
+def _forget(running: dict[str, asyncio.Task[None]], request_id: str, _: object) -> None:
+    running.pop(request_id, None)

@@ -55,7 +55,7 @@ def test_chunks_before_data_are_skipped_and_a_sized_data_chunk_ends_where_it_say
 
 
 def test_a_trailer_message_after_a_sized_file_is_not_played() -> None:
-    out, _ = decode_all([wav_header(16000, len(PCM)) + PCM, b"trailer bytes!"])
+    out, _ = decode_all([wav_header(16000, len(PCM)) + PCM, b"id3 \x06\x00\x00\x00ID3tag"])
     assert out == PCM
 
 
@@ -114,3 +114,18 @@ def test_a_runaway_header_is_refused() -> None:
     with pytest.raises(AudioFormatError):
         for _ in range(20):
             decoder.feed(b"\x00" * 8192)
+
+
+def test_a_data_length_that_lies_short_does_not_cut_the_audio() -> None:
+    # the header claims 100 bytes of audio; 2048 follow, in this message and the next
+    stream = wav_header(16000, 100) + PCM
+    out, _ = decode_all([stream[:500], stream[500:]])
+    assert out == PCM
+
+
+def test_a_trailer_split_across_messages_is_skipped() -> None:
+    trailer = b"LIST" + (20).to_bytes(4, "little") + b"INFOISFT" + b"x" * 12
+    stream = wav_header(16000, len(PCM)) + PCM + trailer
+    cut = len(stream) - 15
+    out, _ = decode_all([stream[:cut], stream[cut:]])
+    assert out == PCM

@@ -264,3 +264,31 @@ async def test_cancelling_on_a_server_without_request_ids_drops_the_socket(
     server.behavior.chunk_delay = 0.0
     spoken = await speak(tts, "The next turn must be clean.")
     assert spoken.digest == expected_digest(["The next turn must be clean."])
+
+
+async def test_text_with_nothing_to_say_is_skipped_not_failed(
+    server: FakeKnowlithicServer, make_tts: MakeTTS
+) -> None:
+    tts = make_tts()
+    errors: list[object] = []
+    tts.on("error", errors.append)
+    spoken = await speak(tts, "😀👍 ... — ")
+    assert server.received.requests == []
+    assert spoken.pcm == bytes(len(spoken.pcm)) and 0 < len(spoken.pcm) <= 640  # 20 ms silence
+    assert errors == []
+
+    # mixed text is sent whole (the server decides how to read the emoji)
+    spoken = await speak(tts, "🎉 Great news, the results are back! 🎉")
+    sent = [r.text for r in server.received.requests]
+    assert "".join(sent).replace(" ", "") == "🎉Greatnews,theresultsareback!🎉"
+    assert spoken.digest == expected_digest(sent)
+
+
+async def test_empty_and_whitespace_input_produce_nothing(
+    server: FakeKnowlithicServer, make_tts: MakeTTS
+) -> None:
+    tts = make_tts()
+    for text in ("", "   \n\t  "):
+        spoken = await speak(tts, text)
+        assert spoken.pcm == b""
+    assert server.received.requests == []

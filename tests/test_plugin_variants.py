@@ -30,6 +30,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "completion named done": {"completion_type": "done"},
     "completion named SYNTHESIS_COMPLETED": {"completion_type": "SYNTHESIS_COMPLETED"},
     "raw pcm without a stated rate": {"payload": "pcm", "stated_sample_rate": False},
+    "wav whose data size lies short": {"wav_claimed_size": 100},
 }
 
 

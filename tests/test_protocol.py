@@ -24,11 +24,18 @@ rates = st.integers(p.MIN_SAMPLE_RATE, p.MAX_SAMPLE_RATE)
     rates,
     st.sampled_from(p.OUTPUT_FORMATS),
     st.booleans(),
+    st.one_of(st.none(), ids),
 )
 def test_text_to_speech_round_trips(
-    request_id: str, text: str, voice: str, rate: int, fmt: p.OutputFormat, words: bool
+    request_id: str,
+    text: str,
+    voice: str,
+    rate: int,
+    fmt: p.OutputFormat,
+    words: bool,
+    stream_id: str | None,
 ) -> None:
-    msg = p.TextToSpeech(request_id, text, voice, rate, fmt, words)
+    msg = p.TextToSpeech(request_id, text, voice, rate, fmt, words, stream_id)
     assert p.decode_client_message(p.encode_client_message(msg)) == msg
 
 

@@ -51,6 +51,7 @@ class _TTSOptions:
     def template(self, request_id: str) -> protocol.TextToSpeech:
         return protocol.TextToSpeech(
             request_id=request_id,
+            stream_id=request_id,  # the sentences' request ids are "<stream id>-<n>"
             text="",
             voice=self.voice,
             sample_rate=self.sample_rate,

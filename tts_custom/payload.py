@@ -9,7 +9,9 @@ which one is coming:
 
 A WAV header is honoured, not assumed to be 44 bytes: ``LIST``/``fact`` chunks before the
 data are skipped, and a ``data`` chunk with a real length ends where it says, so a trailer
-after it is never played as PCM.  A length of 0 or 0xFFFFFFFF means "until the stream ends".
+chunk after it (``LIST``, ``id3 ``) is never played as PCM.  A length of 0 or 0xFFFFFFFF
+means "until the stream ends".  A length that lies short (more audio follows, and it is not
+a chunk) is not believed: the audio goes on playing.
 Byte counts that split a sample (or a stereo frame) across messages, even across per-message
 WAV files of one format, are carried over, so samples never shift by a byte.
 """
@@ -28,6 +30,29 @@ _STREAMING_SIZES: Final = frozenset({0, 0xFFFFFFFF})
 _MAX_HEADER_BYTES: Final = 64 * 1024
 _CHUNK_HEADER: Final = struct.Struct("<4sI")
 _FMT: Final = struct.Struct("<HHIIHH")
+_TRAILER_CHUNKS: Final = frozenset(
+    {
+        b"LIST",
+        b"id3 ",
+        b"ID3 ",
+        b"JUNK",
+        b"junk",
+        b"PAD ",
+        b"fact",
+        b"bext",
+        b"cue ",
+        b"smpl",
+        b"inst",
+        b"acid",
+        b"iXML",
+        b"axml",
+        b"umid",
+        b"PEAK",
+        b"cart",
+        b"DISP",
+        b"plst",
+    }
+)
 
 
 class AudioFormatError(ValueError):
@@ -62,6 +87,7 @@ class PayloadDecoder:
         self._in_wav = False
         self._carry = b""  # the start of a frame split across messages
         self._fresh = True  # nothing received yet: a first message "RI" may start a header
+        self._trailer_left = 0  # bytes of a chunk after the data still to skip
 
     @property
     def pending_bytes(self) -> int:
@@ -86,9 +112,31 @@ class PayloadDecoder:
             self._rate = sample_rate
         self._fresh = False
         if self._remaining is not None:
-            payload = payload[: self._remaining]
-            self._remaining -= len(payload)
+            data = payload[: self._remaining]
+            self._remaining -= len(data)
+            if self._remaining == 0:
+                data += self._after_data(payload[len(data) :])
+            payload = data
         return self._aligned(payload)
+
+    def _after_data(self, rest: bytes) -> bytes:
+        """Skip the chunks after a sized ``data`` chunk; return audio if the size lied."""
+        while rest:
+            if self._trailer_left:
+                skipped = min(self._trailer_left, len(rest))
+                self._trailer_left -= skipped
+                rest = rest[skipped:]
+            elif _looks_like_chunk_id(rest[:4]):
+                if len(rest) < _CHUNK_HEADER.size:
+                    return b""  # the start of a trailer chunk: nothing to play
+                _, size = _CHUNK_HEADER.unpack_from(rest)
+                self._trailer_left = size + (size & 1)
+                rest = rest[_CHUNK_HEADER.size :]
+            else:
+                # not a chunk: the data length was short of the truth, and this is audio
+                self._remaining = None
+                return rest
+        return b""
 
     def _read_header(self, buffered: bytes) -> bytes | None:
         header = _parse_wav_header(buffered)
@@ -125,6 +173,14 @@ def _starts_riff(payload: bytes, *, at_start: bool) -> bool:
     if payload[:4] == _RIFF:
         return True
     return at_start and 0 < len(payload) < 4 and _RIFF.startswith(payload)
+
+
+def _looks_like_chunk_id(tag: bytes) -> bool:
+    # only chunk ids that writers really put after audio: loud 16-bit samples are printable
+    # ASCII often enough that "any printable tag" would throw away speech
+    if len(tag) < 4:
+        return any(known.startswith(tag) for known in _TRAILER_CHUNKS)
+    return tag in _TRAILER_CHUNKS
 
 
 def _parse_wav_header(buf: bytes) -> _WavHeader | None:

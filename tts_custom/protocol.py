@@ -78,7 +78,11 @@ class ProtocolError(ValueError):
 
 @dataclass(frozen=True)
 class TextToSpeech:
-    """Synthesize ``text`` and stream its audio back, tagged with ``request_id``."""
+    """Synthesize ``text`` and stream its audio back, tagged with ``request_id``.
+
+    ``stream_id`` groups the requests of one reply (one per sentence): a server admits or
+    refuses a reply as a whole, so a reply it started is never cut off for lack of capacity.
+    """
 
     request_id: str
     text: str
@@ -86,6 +90,7 @@ class TextToSpeech:
     sample_rate: int
     output_format: OutputFormat = "wav"
     word_timestamps: bool = False
+    stream_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -209,6 +214,8 @@ def encode_client_message(msg: ClientMessage) -> str:
         }
         if msg.word_timestamps:
             payload["word_timestamps"] = True
+        if msg.stream_id is not None:
+            payload["stream_id"] = msg.stream_id
     elif isinstance(msg, Cancel):
         payload = {"type": "cancel", "request_id": msg.request_id}
     else:
@@ -320,6 +327,14 @@ def decode_client_message(frame: str | bytes) -> ClientMessage:
     word_timestamps = obj.get("word_timestamps", False)
     if not isinstance(word_timestamps, bool):
         raise ProtocolError("'word_timestamps' must be a boolean", request_id=request_id)
+    stream_id = obj.get("stream_id")
+    if stream_id is not None and (
+        not isinstance(stream_id, str) or not 0 < len(stream_id) <= MAX_REQUEST_ID_LENGTH
+    ):
+        raise ProtocolError(
+            f"'stream_id' must be a string of 1 to {MAX_REQUEST_ID_LENGTH} characters",
+            request_id=request_id,
+        )
     return TextToSpeech(
         request_id=request_id,
         text=text,
@@ -327,6 +342,7 @@ def decode_client_message(frame: str | bytes) -> ClientMessage:
         sample_rate=sample_rate,
         output_format=output_format,
         word_timestamps=word_timestamps,
+        stream_id=stream_id,
     )
 
 

@@ -135,6 +135,7 @@ class SentenceSynthesis:
         self._queue: asyncio.Queue[_Sentence | None] = asyncio.Queue()
         self._open: list[_Sentence] = []
         self._requests = 0
+        self.skipped = 0  # sentences with nothing to say
 
     async def run(self, sentences: AsyncIterable[str]) -> None:
         send = asyncio.create_task(self._send_all(sentences), name="knowlithic.send")
@@ -150,12 +151,18 @@ class SentenceSynthesis:
             await asyncio.gather(send, play, return_exceptions=True)
             await self._cancel_open()
         self._sink.flush()
+        if self.skipped and not self._sink.samples:
+            # the text had nothing to say: a short silence tells the framework the reply was
+            # spoken (as nothing) rather than lost, so it does not retry it or report an error
+            self._sink.write(_silence(self._template.sample_rate))
 
     async def _send_all(self, sentences: AsyncIterable[str]) -> None:
         count = 0
         async for text in sentences:
-            if not text.strip():
-                continue  # nothing to say; a request for it would return no audio
+            if not speakable(text):
+                # emoji, dashes, "...": nothing to say, and a request would return no audio
+                self.skipped += 1
+                continue
             for piece in _fit(text, self._max_text_length()):
                 await self._window.acquire()
                 sentence = _Sentence(index=count, text=piece)
@@ -273,6 +280,16 @@ class SentenceSynthesis:
                 continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(sentence.channel.cancel(), _CANCEL_SEND_TIMEOUT)
+
+
+def speakable(text: str) -> bool:
+    """Whether ``text`` has anything to say: a letter or a digit in any script."""
+    return any(ch.isalnum() for ch in text)
+
+
+def _silence(sample_rate: int) -> PcmChunk:
+    samples = sample_rate // 50  # 20 ms
+    return PcmChunk(pcm=bytes(2 * samples), sample_rate=sample_rate, num_channels=1)
 
 
 def _worth_retrying(error: APIError) -> bool:

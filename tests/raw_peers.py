@@ -1,0 +1,69 @@
+"""Peers that misbehave below the WebSocket layer, on raw TCP sockets.
+
+* :class:`HangingUpgrade` accepts the TCP connection, reads the upgrade request, and never
+  answers it.
+* :class:`DeafPeer` completes the WebSocket handshake properly, then never sends anything and
+  never answers a close frame, like a process that froze.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+
+_WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+class _RawServer:
+    def __init__(self) -> None:
+        self._server: asyncio.Server | None = None
+        self._writers: list[asyncio.StreamWriter] = []
+        self.port = 0
+        self.connections = 0
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def aclose(self) -> None:
+        for writer in self._writers:
+            writer.transport.abort()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self._writers.append(writer)
+        request = await reader.readuntil(b"\r\n\r\n")
+        await self._answer(request, writer)
+        while await reader.read(65536):  # read and ignore everything, answer nothing
+            pass
+
+    async def _answer(self, request: bytes, writer: asyncio.StreamWriter) -> None:
+        raise NotImplementedError
+
+
+class HangingUpgrade(_RawServer):
+    async def _answer(self, request: bytes, writer: asyncio.StreamWriter) -> None:
+        pass
+
+
+class DeafPeer(_RawServer):
+    async def _answer(self, request: bytes, writer: asyncio.StreamWriter) -> None:
+        key = next(
+            line.split(b":", 1)[1].strip()
+            for line in request.split(b"\r\n")
+            if line.lower().startswith(b"sec-websocket-key:")
+        )
+        accept = base64.b64encode(hashlib.sha1(key + _WS_GUID).digest())
+        writer.write(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n"
+        )
+        await writer.drain()

@@ -1,0 +1,159 @@
+"""Faults injected through real sockets, and what the user of the plugin sees for each.
+
+docs/reliability.md lists every fault with the test here (or elsewhere) that proves it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+from livekit.agents import APIConnectionError, APIConnectOptions, APITimeoutError
+
+from tests.conftest import MakeTTS
+from tests.fake_knowlithic import FakeKnowlithicServer
+from tests.plugin_helpers import expected_digest, speak
+from tests.raw_peers import DeafPeer, HangingUpgrade
+from tts_custom.backoff import Health
+from tts_custom.connection import CLOSE_TIMEOUT, MAX_MESSAGE_SIZE
+
+TEXT = ("The first sentence is spoken.", "Then the second one follows.")
+QUICK = APIConnectOptions(max_retry=0, timeout=0.5)
+RETRY = APIConnectOptions(max_retry=2, retry_interval=0.05, timeout=1.0)
+
+
+@pytest.fixture
+async def hanging() -> AsyncIterator[HangingUpgrade]:
+    peer = HangingUpgrade()
+    await peer.start()
+    yield peer
+    await peer.aclose()
+
+
+@pytest.fixture
+async def deaf() -> AsyncIterator[DeafPeer]:
+    peer = DeafPeer()
+    await peer.start()
+    yield peer
+    await peer.aclose()
+
+
+async def test_a_hang_during_the_upgrade_is_a_timeout(
+    hanging: HangingUpgrade, make_tts: MakeTTS
+) -> None:
+    tts = make_tts(base_url=hanging.url)
+    started = time.perf_counter()
+    with pytest.raises(APITimeoutError):
+        await speak(tts, TEXT[0], conn_options=QUICK)
+    assert time.perf_counter() - started < 1.5
+
+
+async def test_a_frozen_peer_times_out_and_does_not_hold_up_closing(
+    deaf: DeafPeer, make_tts: MakeTTS
+) -> None:
+    tts = make_tts(base_url=deaf.url)
+    with pytest.raises(APITimeoutError):
+        await speak(tts, TEXT[0], conn_options=QUICK)
+    started = time.perf_counter()
+    await tts.aclose()  # it never answers the close frame
+    assert time.perf_counter() - started < CLOSE_TIMEOUT + 1.0
+
+
+async def test_a_stall_mid_stream_is_a_timeout_and_the_next_turn_works(
+    server: FakeKnowlithicServer, make_tts: MakeTTS
+) -> None:
+    server.behavior.chunk_bytes = 320
+    server.behavior.stall_after_chunks = 3
+    tts = make_tts()
+    started = time.perf_counter()
+    with pytest.raises(APITimeoutError):
+        await speak(tts, TEXT[0], conn_options=RETRY)
+    # audio had played, so it is not retried: the error comes after one timeout, not three
+    assert time.perf_counter() - started < 2 * RETRY.timeout
+    assert server.received.cancels  # the stuck request was cancelled on the server
+    server.behavior.stall_after_chunks = None
+    assert (await speak(tts, TEXT[1])).digest == expected_digest([TEXT[1]])
+    assert server.received.connections == 1
+
+
+async def test_a_completion_that_never_comes_is_a_timeout(
+    server: FakeKnowlithicServer, make_tts: MakeTTS
+) -> None:
+    server.behavior.withhold_completion = True
+    tts = make_tts()
+    with pytest.raises(APITimeoutError):
+        await speak(tts, TEXT[0], conn_options=RETRY)
+    server.behavior.withhold_completion = False
+    assert (await speak(tts, TEXT[1])).digest == expected_digest([TEXT[1]])
+
+
+async def test_a_huge_message_drops_the_socket_and_is_recovered(
+    server: FakeKnowlithicServer, make_tts: MakeTTS
+) -> None:
+    server.behavior.huge_message = MAX_MESSAGE_SIZE + 1024  # once
+    tts = make_tts()
+    spoken = await speak(tts, " ".join(TEXT), conn_options=RETRY)
+    assert spoken.digest == expected_digest(TEXT)
+    assert server.received.connections == 2
+
+
+async def test_audio_for_an_unknown_request_never_mixes_in(
+    server: FakeKnowlithicServer, make_tts: MakeTTS
+) -> None:
+    from tts_custom import protocol
+
+    stray = protocol.encode_server_message(
+        protocol.Audio(request_id="someone-else-0", data=b"\x7f\x7f" * 800, sample_rate=16000)
+    )
+    assert isinstance(stray, bytes)
+    server.behavior.before_audio = [stray]
+    tts = make_tts()
+    spoken = await speak(tts, " ".join(TEXT))
+    assert spoken.digest == expected_digest(TEXT)
+
+
+async def test_server_death_before_the_first_audio_speaks_the_sentence_once(
+    server: FakeKnowlithicServer, make_tts: MakeTTS
+) -> None:
+    server.behavior.drop_after_chunks = 0
+    server.behavior.max_drops = 1
+    tts = make_tts()
+    spoken = await speak(tts, " ".join(TEXT), conn_options=RETRY)
+    assert spoken.digest == expected_digest(TEXT)
+
+
+async def test_server_death_after_audio_resumes_where_the_user_stopped_hearing(
+    server: FakeKnowlithicServer, make_tts: MakeTTS
+) -> None:
+    server.behavior.chunk_bytes = 320
+    server.behavior.chunk_delay = 0.002
+    server.behavior.drop_after_chunks = 10  # in the middle of the first sentence
+    server.behavior.max_drops = 1
+    tts = make_tts()
+    spoken = await speak(tts, " ".join(TEXT), conn_options=RETRY)
+    assert spoken.digest == expected_digest(TEXT)  # nothing lost, nothing twice
+
+
+async def test_a_server_that_never_comes_back_reaches_the_session_and_then_recovers(
+    server: FakeKnowlithicServer, make_tts: MakeTTS
+) -> None:
+    server.behavior.chunk_bytes = 320
+    server.behavior.chunk_delay = 0.01  # still streaming when the server goes
+    tts = make_tts()
+    tts._shared._health = Health(cooldown=0.3)
+    stream = tts.stream(conn_options=RETRY)
+    stream.push_text(" ".join(TEXT))
+    stream.end_input()
+    await stream.__anext__()
+    await server.stop()  # gone for good, mid-reply
+    with pytest.raises(APIConnectionError):
+        async for _ in stream:
+            pass
+    await stream.aclose()
+    await server.start()
+    # real-time audio makes the framework end a segment with 10 ms of silence: avoid that
+    server.behavior.chunk_delay = 0.0
+    await asyncio.sleep(0.4)  # the cool-down after the failed reconnects
+    assert (await speak(tts, TEXT[1], conn_options=RETRY)).digest == expected_digest([TEXT[1]])
