@@ -77,11 +77,11 @@ async def run(streams: int, rounds: int) -> list[Round]:
         await server.stop()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="plugin memory and CPU under sustained load")
     parser.add_argument("--streams", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=10)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     results = asyncio.run(run(args.streams, args.rounds))
     print(f"{args.streams} concurrent streams, one TTS instance, loopback test server")
     print("round  wall s  cpu s  audio s  heap MB  peak MB  rss MB")

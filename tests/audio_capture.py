@@ -30,16 +30,18 @@ class CapturingAudioOutput(AudioOutput):
     """Records frames and "plays" them in real time from the first frame of a segment.
 
     A segment ends as played once its audio has had time to play after flush(), or as
-    interrupted if clear_buffer() comes first, as with a real speaker.
+    interrupted if clear_buffer() comes first, as with a real speaker.  With
+    ``realtime=False`` it plays everything the moment it is flushed (for benchmarks).
     """
 
-    def __init__(self, *, sample_rate: int | None = None) -> None:
+    def __init__(self, *, sample_rate: int | None = None, realtime: bool = True) -> None:
         super().__init__(
             label="capture",
             capabilities=AudioOutputCapabilities(pause=False),
             sample_rate=sample_rate,
         )
         self.segments: list[Segment] = []
+        self._realtime = realtime
         self._current: Segment | None = None
         self._playout: asyncio.TimerHandle | None = None
 
@@ -59,6 +61,8 @@ class CapturingAudioOutput(AudioOutput):
         if self._current is None:
             return
         remaining = self._current.started_at + self._current.duration - time.perf_counter()
+        if not self._realtime:
+            remaining = 0.0
         self._playout = asyncio.get_running_loop().call_later(
             max(0.0, remaining), self._finish, False
         )

@@ -168,6 +168,14 @@ def test_malformed_server_frames_raise_protocol_errors(frame: str | bytes) -> No
             '"sample_rate": 16000, "word_timestamps": "yes"}',
             p.ERR_BAD_REQUEST,
         ),
+        (
+            '{"type": "text_to_speech", "request_id": "r", "text": "\\udc80", "voice": "v", '
+            '"sample_rate": 16000}',
+            p.ERR_BAD_REQUEST,
+        ),
+        ('{"type": "cancel", "request_id": "\\ud800"}', p.ERR_BAD_REQUEST),
+        ('{"type": "keepalive", "n": ' + "9" * 5000 + "}", p.ERR_BAD_REQUEST),
+        ("[" * 5000 + "]" * 5000, p.ERR_BAD_REQUEST),
     ],
 )
 def test_malformed_client_frames_name_their_code_and_request(frame: str | bytes, code: str) -> None:

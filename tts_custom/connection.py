@@ -47,8 +47,10 @@ class RequestChannel:
         self._queue: asyncio.Queue[RequestEvent] = asyncio.Queue()
         self.finished = False  # its last message has arrived
         self.lost = False  # ...and that was the loss of its socket
+        self.answered = asyncio.Event()  # the first message (of any kind) has arrived
 
     def _deliver(self, event: RequestEvent) -> None:
+        self.answered.set()
         if isinstance(event, protocol.Complete | protocol.Error | ConnectionLost):
             self.finished = True
             self.lost = isinstance(event, ConnectionLost)

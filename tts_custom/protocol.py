@@ -302,10 +302,10 @@ def decode_client_message(frame: str | bytes) -> ClientMessage:
         raise ProtocolError(f"unknown message type {kind!r}", request_id=request_id)
 
     text = obj.get("text")
-    if not isinstance(text, str):
-        raise ProtocolError("'text' must be a string", request_id=request_id)
+    if not isinstance(text, str) or not _utf8(text):
+        raise ProtocolError("'text' must be a string of valid Unicode", request_id=request_id)
     voice = obj.get("voice")
-    if not isinstance(voice, str) or not voice:
+    if not isinstance(voice, str) or not voice or not _utf8(voice):
         raise ProtocolError("'voice' must be a non-empty string", request_id=request_id)
     sample_rate = obj.get("sample_rate")
     if (
@@ -329,7 +329,9 @@ def decode_client_message(frame: str | bytes) -> ClientMessage:
         raise ProtocolError("'word_timestamps' must be a boolean", request_id=request_id)
     stream_id = obj.get("stream_id")
     if stream_id is not None and (
-        not isinstance(stream_id, str) or not 0 < len(stream_id) <= MAX_REQUEST_ID_LENGTH
+        not isinstance(stream_id, str)
+        or not 0 < len(stream_id) <= MAX_REQUEST_ID_LENGTH
+        or not _utf8(stream_id)
     ):
         raise ProtocolError(
             f"'stream_id' must be a string of 1 to {MAX_REQUEST_ID_LENGTH} characters",
@@ -480,6 +482,9 @@ def _loads(frame: str) -> dict[str, Any]:
         obj = json.loads(frame)
     except json.JSONDecodeError as e:
         raise ProtocolError(f"frame is not valid JSON: {e.msg}") from None
+    except (ValueError, RecursionError):
+        # a number of thousands of digits, or arrays nested thousands deep
+        raise ProtocolError("frame is JSON this protocol cannot hold") from None
     if not isinstance(obj, dict):
         raise ProtocolError("frame must be a JSON object")
     return obj
@@ -499,7 +504,7 @@ def _optional_request_id(obj: Mapping[str, Any], lenient: bool = False) -> str |
     if _is_int(value):
         # the seed's client numbered its requests; servers echo them back as numbers
         return str(value)
-    if isinstance(value, str) and 0 < len(value) <= MAX_REQUEST_ID_LENGTH:
+    if isinstance(value, str) and 0 < len(value) <= MAX_REQUEST_ID_LENGTH and _utf8(value):
         return value
     if lenient:
         return None
@@ -520,6 +525,15 @@ def _optional_int(obj: Mapping[str, Any], key: str, request_id: str | None) -> i
     if not _is_int(value):
         raise ProtocolError(f"'{key}' must be an integer", request_id=request_id)
     return int(value)
+
+
+def _utf8(value: str) -> bool:
+    """False for strings JSON can carry but UTF-8 cannot: lone surrogates ("\\udc80")."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _is_int(value: Any) -> bool:

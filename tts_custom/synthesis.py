@@ -1,10 +1,12 @@
 """Speak a stream of sentences over the shared connection, one request per sentence.
 
 Each sentence becomes its own ``text_to_speech`` request as soon as the tokenizer completes
-it, so the first audio never waits for the rest of the reply.  A few sentences are sent
-ahead so the server works while earlier ones play, and their audio is played strictly in
-order.  Whatever ends the synthesis early (an interruption, an error) cancels every request
-still open, so the server stops and no late audio reaches the next turn.
+it, so the first audio never waits for the rest of the reply.  Later sentences are sent ahead
+so the server works while earlier ones play, but each only once the server has begun to
+answer the one before it: sent at once, they would compete with the first sentence for the
+server's CPU and delay the first audio.  Their audio is played strictly in order.  Whatever
+ends the synthesis early (an interruption, an error) cancels every request still open, so
+the server stops and no late audio reaches the next turn.
 
 Because every sentence is its own request, a failure costs one sentence, not the reply: once
 the reply has begun to play, a sentence the server refused for a passing reason (busy, rate
@@ -158,6 +160,7 @@ class SentenceSynthesis:
 
     async def _send_all(self, sentences: AsyncIterable[str]) -> None:
         count = 0
+        previous: _Sentence | None = None
         async for text in sentences:
             if not speakable(text):
                 # emoji, dashes, "...": nothing to say, and a request would return no audio
@@ -165,7 +168,9 @@ class SentenceSynthesis:
                 continue
             for piece in _fit(text, self._max_text_length()):
                 await self._window.acquire()
-                sentence = _Sentence(index=count, text=piece)
+                if previous is not None:
+                    await _answered(previous)
+                sentence = previous = _Sentence(index=count, text=piece)
                 count += 1
                 self._open.append(sentence)
                 self._on_first_request()
@@ -280,6 +285,12 @@ class SentenceSynthesis:
                 continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(sentence.channel.cancel(), _CANCEL_SEND_TIMEOUT)
+
+
+async def _answered(sentence: _Sentence) -> None:
+    """Wait until the server has begun to answer ``sentence`` (on its latest request)."""
+    while (channel := sentence.channel) is not None and not channel.answered.is_set():
+        await channel.answered.wait()
 
 
 def speakable(text: str) -> bool:

@@ -14,7 +14,7 @@ from aiohttp import web
 from tts_custom import protocol
 
 from . import __version__
-from .admission import Capacity, RateLimiter
+from .admission import Capacity, RateLimiter, Streams
 from .config import ServerConfig
 from .engine import Engine
 from .metrics import CONTENT_TYPE, Metrics
@@ -73,6 +73,7 @@ async def _startup(app: web.Application) -> None:
         engine=engine,
         scheduler=Scheduler(engine.executor, engine.workers),
         capacity=Capacity(config.max_requests),
+        streams=Streams(config.max_streams, config.stream_idle_window),
         rate_limiter=RateLimiter(config.rate_limit, config.rate_burst),
         metrics=Metrics(),
     )
@@ -236,13 +237,15 @@ async def _health(request: web.Request) -> web.Response:
         return web.json_response({"status": "starting"}, status=503)
     if state.shutting_down:
         return web.json_response({"status": "shutting_down"}, status=503)
-    full = state.capacity.in_use >= state.capacity.limit
+    full = state.full  # a new reply would be refused
     return web.json_response(
         {
             "status": "busy" if full else "ok",
             "version": __version__,
             "voices": list(state.voice_names),
             "active_connections": len(state.sessions),
+            "active_streams": state.streams.active,
+            "max_streams": state.streams.limit or None,
             "active_requests": state.capacity.in_use,
             "max_requests": state.capacity.limit,
             "workers": state.engine.workers,

@@ -14,6 +14,11 @@ from pathlib import Path
 from typing import Any, Final
 
 BUNDLED_VOICE: Final = "joe"
+# Replies spoken at once.  bench/server_capacity.py measured 10 kept real-time (first audio
+# p95 under 400 ms, no gap in playback) on 2 cores with the default flags, and as many with
+# the server pinned to one core: the limit is not proportional to cores, so it is a number,
+# with a fifth of headroom for whatever else the machine runs (docs/server.md, "Capacity").
+DEFAULT_MAX_STREAMS: Final = 8
 
 
 @dataclass(frozen=True)
@@ -38,6 +43,9 @@ class ServerConfig:
     max_message_size: int = 64 * 1024
     max_requests_per_connection: int = 8
     max_requests: int = 32
+    # Replies (streams) spoken at once; 0 is no limit.
+    max_streams: int = DEFAULT_MAX_STREAMS
+    stream_idle_window: float = 2.0
     max_connections: int = 128
     rate_limit: float = 20.0
     rate_burst: int = 60
@@ -279,9 +287,28 @@ def build_parser(
     add(
         "--max-requests",
         "MAX_REQUESTS",
-        "Requests in flight on the whole server (more: error busy, at once, never queued).",
+        "Requests in flight on the whole server: with this many, a new stream gets error busy "
+        "(at once, never queued); requests of streams already admitted still start.",
         default=d.max_requests,
         convert=_positive_int,
+    )
+    add(
+        "--max-streams",
+        "MAX_STREAMS",
+        "Replies spoken at once (a stream is every sentence request of one reply, by its "
+        "stream_id; a request without one is a stream of its own). A request of a new stream "
+        "over the limit gets error busy; later sentences of an admitted reply are never "
+        "refused for capacity. 0: no limit. Measure a machine with bench/server_capacity.py.",
+        default=d.max_streams,
+        convert=_non_negative_int,
+    )
+    add(
+        "--stream-idle-window",
+        "STREAM_IDLE_WINDOW",
+        "Seconds a stream stays admitted after its last request ended, waiting for the "
+        "reply's next sentence; then its place is free.",
+        default=d.stream_idle_window,
+        convert=_non_negative_float,
     )
     add(
         "--max-connections",
@@ -425,6 +452,8 @@ def load_config(
         max_message_size=ns.max_message_size,
         max_requests_per_connection=ns.max_requests_per_connection,
         max_requests=ns.max_requests,
+        max_streams=ns.max_streams,
+        stream_idle_window=ns.stream_idle_window,
         max_connections=ns.max_connections,
         rate_limit=ns.rate_limit,
         rate_burst=ns.rate_burst,

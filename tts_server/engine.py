@@ -247,6 +247,11 @@ class Engine:
     @classmethod
     def load(cls, config: ServerConfig) -> Engine:
         """Load every configured voice and warm it up (blocking: seconds per voice)."""
+        # piper logs every text it speaks at DEBUG: user text stays out of the log at any
+        # level, embedded (tests, another app) as well as under ``python -m tts_server``.
+        piper_log = logging.getLogger("piper")
+        if piper_log.level < logging.INFO:
+            piper_log.setLevel(logging.INFO)
         voices = []
         for spec in config.voices:
             started = time.perf_counter()

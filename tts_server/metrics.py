@@ -39,6 +39,17 @@ class Metrics:
             "Requests in flight (accepted and not yet ended).",
             registry=self.registry,
         )
+        self.active_streams = Gauge(
+            "knowlithic_tts_active_streams",
+            "Replies (streams) admitted: with requests in flight or within their idle window.",
+            registry=self.registry,
+        )
+        self.streams = Counter(
+            "knowlithic_tts_streams",
+            "New streams by admission outcome (admitted, or refused with busy).",
+            ["outcome"],
+            registry=self.registry,
+        )
         self.requests = Counter(
             "knowlithic_tts_requests",
             "Requests that ended, by outcome (complete, cancelled, error).",

@@ -22,13 +22,13 @@ from piper import SynthesisConfig
 from tts_custom import protocol
 
 from . import audio
-from .admission import Capacity, RateLimiter
+from .admission import Capacity, RateLimiter, StreamKey, Streams
 from .audio import StreamResampler
 from .config import ServerConfig
 from .engine import Engine, RenderedSegment, Voice, synthesis_config
 from .metrics import Metrics
 from .scheduler import Scheduler
-from .text import Boundary, split_segments
+from .text import Boundary, Segment, split_segments
 from .timestamps import TimedWord
 
 _LOG = logging.getLogger("tts_server.session")
@@ -51,6 +51,7 @@ class ServerState:
     engine: Engine
     scheduler: Scheduler
     capacity: Capacity
+    streams: Streams
     rate_limiter: RateLimiter
     metrics: Metrics
     sessions: set[Session] = field(default_factory=set)
@@ -60,6 +61,7 @@ class ServerState:
 
     def __post_init__(self) -> None:
         self.synthesis = synthesis_config(self.config)
+        self.metrics.active_streams.set_function(lambda: self.streams.active)
         self.aliases = dict(self.config.aliases)
         for alias, target in self.aliases.items():
             if target not in self.engine.voices or alias in self.engine.voices:
@@ -69,6 +71,11 @@ class ServerState:
         """The voice called ``name`` (case-insensitive, aliases included); never a fallback."""
         key = name.strip().lower()
         return self.engine.voices.get(self.aliases.get(key, key))
+
+    @property
+    def full(self) -> bool:
+        """Whether a new stream would be refused with busy."""
+        return self.streams.full or self.capacity.full
 
     @property
     def voice_names(self) -> tuple[str, ...]:
@@ -104,6 +111,13 @@ class _Request:
     msg: protocol.TextToSpeech
     voice: Voice
     arrived: float
+    segments: list[Segment]
+    stream: StreamKey | None
+    # When the listener needs the first audio: at once for a reply's first sentence, after
+    # the audio ahead of it for a later one.  Segment deadlines count from here.
+    needed_at: float
+    estimate: float  # seconds of audio expected (a low estimate)
+    audio: float = 0.0  # seconds of audio rendered so far
     task: asyncio.Task[None] | None = None
     stop_reason: StopReason | None = None
     # A task cancelled before its first step never runs its try/finally, so a request whose
@@ -122,6 +136,17 @@ class _Request:
 
 class _ConnectionGone(Exception):
     """The socket closed under a send: nobody is left to tell anything."""
+
+
+# A low estimate of the pace of speech (joe: 0.047-0.064 s per character, pauses included):
+# a later sentence of a reply is scheduled for when the audio before it would run out, and
+# guessing that moment early is safe where guessing it late would make a gap.
+_SECONDS_PER_CHARACTER: Final = 0.04
+
+
+def _estimated_seconds(segments: list[Segment], config: ServerConfig) -> float:
+    pace = config.length_scale or 1.0
+    return sum(len(s.text) for s in segments) * _SECONDS_PER_CHARACTER * pace
 
 
 def _short(value: str, limit: int = 40) -> str:
@@ -193,6 +218,16 @@ class Session:
 
     async def _on_frame(self, frame: str | bytes) -> None:
         try:
+            await self._handle(frame)
+        except _ConnectionGone:
+            raise
+        except Exception:
+            # A bug must cost this message, never the connection and its other replies.
+            _LOG.exception("could not handle a message from %s", self.client)
+            await self._send_error(protocol.ERR_INTERNAL, "the server failed on this message", None)
+
+    async def _handle(self, frame: str | bytes) -> None:
+        try:
             msg = protocol.decode_client_message(frame)
         except protocol.ProtocolError as e:
             await self._send_error(e.code, str(e), e.request_id)
@@ -210,21 +245,59 @@ class Session:
             _LOG.debug("cancel for request %s, which is not in flight", _short(request_id))
 
     async def _admit(self, msg: protocol.TextToSpeech) -> None:
-        rid = msg.request_id
-        voice = self.state.resolve(msg.voice)
+        rid, state = msg.request_id, self.state
+        voice = state.resolve(msg.voice)
         refusal = self._refusal(msg, voice)
         if refusal is not None or voice is None:
             code, text = refusal or (protocol.ERR_UNKNOWN_VOICE, "unknown voice")
             _LOG.debug("refused request %s from %s: %s", _short(rid), self.client, code)
             await self._send_error(code, text, rid)
             return
-        request = _Request(msg, voice, asyncio.get_running_loop().time())
+        segments = split_segments(msg.text)
+        if not segments:
+            # Nothing to say (empty, spaces, emoji, bare tags): done at once, no room taken.
+            state.metrics.requests.labels("complete").inc()
+            await self._send(protocol.Complete(rid))
+            return
+        stream = (self.client, msg.stream_id) if msg.stream_id is not None else None
+        if not self._has_place(stream):
+            _LOG.debug("refused request %s from %s: busy", _short(rid), self.client)
+            await self._send_error(
+                protocol.ERR_BUSY, "the server is at capacity; retry shortly", rid
+            )
+            return
+        estimate = _estimated_seconds(segments, state.config)
+        delay = state.streams.begin(stream, estimate)
+        if delay > 0:
+            # Its audio is not needed yet: whole sentences sound better than an early clause.
+            segments = split_segments(msg.text, first_clause=False)
+        state.capacity.acquire()
+        now = asyncio.get_running_loop().time()
+        request = _Request(msg, voice, now, segments, stream, now + delay, estimate)
         self._requests[rid] = request
-        self.state.metrics.active_requests.inc()
+        state.metrics.active_requests.inc()
         request.task = asyncio.create_task(self._serve(request), name=f"tts-request-{rid[:40]}")
 
+    def _has_place(self, stream: StreamKey | None) -> bool:
+        """Whether the request's reply is, or may become, one the server is speaking.
+
+        A reply is admitted or refused as a whole, at its first request: the later ones of an
+        admitted reply always have a place, those of a refused one never (for a while).
+        """
+        streams, metrics = self.state.streams, self.state.metrics
+        if streams.admitted(stream):
+            return True
+        if streams.refused(stream):
+            return False
+        if self.state.full:
+            metrics.streams.labels("refused").inc()
+            streams.refuse(stream)
+            return False
+        metrics.streams.labels("admitted").inc()
+        return True
+
     def _refusal(self, msg: protocol.TextToSpeech, voice: Voice | None) -> tuple[str, str] | None:
-        """Why the request cannot start, as (code, message); None takes a capacity slot."""
+        """Why the request cannot start, capacity aside, as (code, message)."""
         state, config = self.state, self.state.config
         if state.shutting_down:
             return protocol.ERR_SHUTTING_DOWN, "the server is shutting down"
@@ -253,8 +326,6 @@ class Session:
                 f"{len(self._requests)} requests are in flight on this connection; the limit "
                 f"is {config.max_requests_per_connection}",
             )
-        if not state.capacity.try_acquire():
-            return protocol.ERR_BUSY, "the server is at capacity; retry shortly"
         return None
 
     # -- one request ---------------------------------------------------------------------------
@@ -295,6 +366,11 @@ class Session:
             # the id right after reading it is not told it is a duplicate.
             del self._requests[rid]
             self.state.capacity.release()
+            self.state.streams.end(
+                request.stream,
+                cancelled=outcome == "cancelled",
+                misestimate=request.audio - request.estimate,
+            )
             self.state.metrics.active_requests.dec()
             self.state.metrics.requests.labels(outcome).inc()
         if terminal is not None:
@@ -306,7 +382,7 @@ class Session:
     async def _stream(self, request: _Request) -> None:
         msg, voice, state = request.msg, request.voice, self.state
         config, loop = state.config, asyncio.get_running_loop()
-        segments = split_segments(msg.text)
+        segments = request.segments
         resampler = StreamResampler(voice.sample_rate, msg.sample_rate)
         chunk_samples = max(1, msg.sample_rate * config.chunk_ms // 1000)
         clause_pause = config.sentence_silence * _CLAUSE_PAUSE_RATIO
@@ -327,7 +403,9 @@ class Session:
                 synthesis=state.synthesis,
             )
             # Deadline: when the listener would run out of this request's audio.
-            rendered: RenderedSegment = await state.scheduler.run(render, request.arrived + elapsed)
+            rendered: RenderedSegment = await state.scheduler.run(
+                render, request.needed_at + elapsed
+            )
             compute += rendered.compute_seconds
             if rendered.words:
                 await self._send(
@@ -338,6 +416,7 @@ class Session:
                     )
                 )
             elapsed += rendered.native_seconds
+            request.audio = elapsed
             position = 0
             for size in audio.chunk_sizes(len(rendered.pcm) // 2, chunk_samples):
                 data = rendered.pcm[position : position + size * 2]

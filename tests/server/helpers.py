@@ -16,7 +16,9 @@ from tts_server.app import server_state, stop
 from tts_server.config import ServerConfig
 from tts_server.session import ServerState
 
-BASE_CONFIG = ServerConfig(hosts=("127.0.0.1",), port=0, heartbeat=5.0, workers=2)
+# No stream limit unless a test sets one: the default depends on the machine's cores, and
+# tests of other features send many requests without a stream id (each is a stream).
+BASE_CONFIG = ServerConfig(hosts=("127.0.0.1",), port=0, heartbeat=5.0, workers=2, max_streams=0)
 RECEIVE_TIMEOUT = 20.0
 
 
@@ -105,11 +107,12 @@ class Client:
         sample_rate: int = 16000,
         output_format: protocol.OutputFormat = "pcm",
         word_timestamps: bool = False,
+        stream_id: str | None = None,
     ) -> Result:
         result = self.results[request_id] = Result(request_id, sent_at=time.perf_counter())
         await self.send(
             protocol.TextToSpeech(
-                request_id, text, voice, sample_rate, output_format, word_timestamps
+                request_id, text, voice, sample_rate, output_format, word_timestamps, stream_id
             )
         )
         return result
@@ -143,9 +146,9 @@ class Client:
                 if result is not None and result.terminal is not None:
                     pending.discard(result.request_id)
 
-    async def run(self, text: str, **kwargs: Any) -> Result:
+    async def run(self, text: str, *, timeout: float = RECEIVE_TIMEOUT, **kwargs: Any) -> Result:
         result = await self.request(text, **kwargs)
-        await self.until_done(result.request_id)
+        await self.until_done(result.request_id, timeout=timeout)
         return result
 
     async def drain(self, seconds: float) -> list[protocol.ServerMessage]:

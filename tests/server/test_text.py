@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tts_server.text import MAX_SEGMENT_CHARS, Boundary, clean, split_segments
+from tts_server.text import MAX_SEGMENT_CHARS, SPELLED_LETTER_COST, Boundary, clean, split_segments
 
 
 def texts(text: str) -> list[str]:
@@ -80,3 +80,17 @@ def test_splitting_keeps_every_word_in_order(parts: list[str]) -> None:
     assert all(s.text.strip() for s in segments)
     assert all(s.boundary is not Boundary.END for s in segments[:-1])
     assert segments[-1].boundary is Boundary.END
+
+
+@settings(database=None, max_examples=200)
+@given(st.text(max_size=400))
+def test_any_text_splits_into_bounded_speakable_segments(text: str) -> None:
+    segments = split_segments(text)
+    for segment in segments:
+        assert any(ch.isalnum() for ch in segment.text)
+        spelled = sum(
+            ch.isalpha() and ord(ch) >= 0x250 and not 0x1E00 <= ord(ch) < 0x1F00
+            for ch in segment.text
+        )
+        # a clause mark's space may ride along: one character over at most
+        assert len(segment.text) + (SPELLED_LETTER_COST - 1) * spelled <= MAX_SEGMENT_CHARS + 1
