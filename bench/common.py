@@ -1,0 +1,111 @@
+"""What the benchmarks share: percentiles, tables, plots, and where results go."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import platform
+import socket
+import sys
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import aiohttp
+import numpy as np
+
+from tts_custom.knowlithictts import TTS
+
+PLOTS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks"
+
+
+@asynccontextmanager
+async def local_tts_server(*args: str, timeout: float = 60.0) -> AsyncIterator[str]:
+    """Run ``python -m tts_server`` (real Piper) on a free port; yield its ws:// URL."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tts_server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        *args,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        async with aiohttp.ClientSession() as http, asyncio.timeout(timeout):
+            while True:
+                try:
+                    async with http.get(f"http://127.0.0.1:{port}/health") as response:
+                        if response.status == 200:
+                            break
+                except aiohttp.ClientError:
+                    pass
+                if proc.returncode is not None:
+                    raise RuntimeError("the TTS server did not start")
+                await asyncio.sleep(0.1)
+        yield f"ws://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        await proc.wait()
+
+
+async def prewarmed(tts: TTS, timeout: float = 10.0) -> None:
+    """Prewarm ``tts`` as the framework does, and wait until its socket is open."""
+    tts.prewarm()
+    async with asyncio.timeout(timeout):
+        while tts._shared.current is None:  # noqa: ASYNC110 - the socket opens in a task
+            await asyncio.sleep(0.005)
+
+
+def percentiles(values: Sequence[float], points: Sequence[int] = (50, 95, 99)) -> list[float]:
+    if not values:
+        return [float("nan")] * len(points)
+    return [float(v) for v in np.percentile(np.asarray(values, dtype=float), points)]
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A plain-text table (also valid Markdown)."""
+    cells = [[str(h) for h in headers], *[[_cell(v) for v in row] for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+
+    def line(row: Sequence[str]) -> str:
+        return "| " + " | ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) + " |"
+
+    rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([line(cells[0]), rule, *(line(r) for r in cells[1:])])
+
+
+def machine() -> str:
+    return (
+        f"{platform.machine()}, {os.cpu_count()} cores, {_cpu_model()}, "
+        f"Python {platform.python_version()}"
+    )
+
+
+def plot_path(name: str, out_dir: Path | None = None) -> Path:
+    directory = out_dir or PLOTS
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory / f"{name}.png"
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.2f}" if abs(value) < 100 else f"{value:.0f}"
+    return str(value)
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"

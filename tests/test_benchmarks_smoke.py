@@ -1,0 +1,54 @@
+"""A few requests through each benchmark, so that none of them can rot.
+
+The figures are not checked here (timing assertions do not belong in a test suite); that
+each benchmark runs end to end, prints its table and writes its plot, is.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bench import cost_at_scale, pipeline_latency, plugin_load, plugin_overhead, turn_latency
+
+
+def test_plugin_overhead(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    plugin_overhead.main(["--requests", "3"], out_dir=tmp_path)
+    assert "first audio" in capsys.readouterr().out
+    assert (tmp_path / "plugin_overhead.png").stat().st_size > 0
+
+
+def test_turn_latency(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    turn_latency.main(["--turns", "1", "--rtt", "20"], out_dir=tmp_path)
+    out = capsys.readouterr().out
+    assert "persistent (this plugin)" in out and "50 ms + TLS" in out
+    assert (tmp_path / "turn_latency.png").stat().st_size > 0
+
+
+def test_cost_at_scale(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cost_at_scale.main(["--streams", "1", "3", "--rounds", "1"], out_dir=tmp_path)
+    assert "CPU ms per audio s" in capsys.readouterr().out
+    assert (tmp_path / "cost_at_scale.png").stat().st_size > 0
+
+
+def test_pipeline_latency(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pipeline_latency.main(["--turns", "2"], out_dir=tmp_path)
+    assert "voice pipeline" in capsys.readouterr().out
+    assert (tmp_path / "pipeline_latency.png").stat().st_size > 0
+
+
+def test_plugin_load(capsys: pytest.CaptureFixture[str]) -> None:
+    plugin_load.main(["--streams", "3", "--rounds", "2"])
+    assert "heap growth" in capsys.readouterr().out
+
+
+def test_server_capacity(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from bench import server_capacity
+
+    plot = tmp_path / "server_capacity.png"
+    server_capacity.main(
+        ["--conversations", "1", "--limits", "0", "--duration", "2", "--plot", str(plot)]
+    )
+    assert "capacity without a limit" in capsys.readouterr().out
+    assert plot.stat().st_size > 0
