@@ -19,21 +19,22 @@ from tts_custom.knowlithictts import TTS
 PLOTS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks"
 
 
-@asynccontextmanager
-async def local_tts_server(*args: str, timeout: float = 60.0) -> AsyncIterator[str]:
-    """Run ``python -m tts_server`` (real Piper) on a free port; yield its ws:// URL."""
+def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@asynccontextmanager
+async def python_server(
+    module: str, *args: str, health_path: str, timeout: float = 60.0
+) -> AsyncIterator[int]:
+    """Run ``python -m module --host 127.0.0.1 --port <free> args`` until ``health_path``
+    answers 200; yield the port.  The process is terminated on exit."""
+    port = free_port()
     proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "tts_server",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        *args,
+        *(sys.executable, "-m", module, "--host", "127.0.0.1", "--port", str(port), *args),
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.DEVNULL,
     )
@@ -41,15 +42,45 @@ async def local_tts_server(*args: str, timeout: float = 60.0) -> AsyncIterator[s
         async with aiohttp.ClientSession() as http, asyncio.timeout(timeout):
             while True:
                 try:
-                    async with http.get(f"http://127.0.0.1:{port}/health") as response:
+                    async with http.get(f"http://127.0.0.1:{port}{health_path}") as response:
                         if response.status == 200:
                             break
                 except aiohttp.ClientError:
                     pass
                 if proc.returncode is not None:
-                    raise RuntimeError("the TTS server did not start")
+                    raise RuntimeError(f"python -m {module} did not start")
                 await asyncio.sleep(0.1)
+        yield port
+    finally:
+        proc.terminate()
+        await proc.wait()
+
+
+@asynccontextmanager
+async def local_tts_server(*args: str, timeout: float = 60.0) -> AsyncIterator[str]:
+    """Run ``python -m tts_server`` (real Piper) on a free port; yield its ws:// URL."""
+    async with python_server("tts_server", *args, health_path="/health", timeout=timeout) as port:
         yield f"ws://127.0.0.1:{port}"
+
+
+@asynccontextmanager
+async def delay_proxy_process(target_port: int, rtt: float) -> AsyncIterator[int]:
+    """Run tests/delay_proxy.py in a process of its own; yield the port it listens on.
+
+    In its own process the link's work does not compete with the client being measured for
+    the event loop, as a real network would not.
+    """
+    proc = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "tests.delay_proxy"),
+        *("--target-port", str(target_port), "--rtt", str(rtt)),
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    try:
+        line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode().split()
+        if not line or line[0] != "port":
+            raise RuntimeError("the delay proxy did not start")
+        yield int(line[1])
     finally:
         proc.terminate()
         await proc.wait()

@@ -1,7 +1,7 @@
 """Benchmark 3: CPU per second of audio, and memory per stream, at 1, 10 and 100 streams.
 
     python -m bench.cost_at_scale               # 1, 10, 100 concurrent streams, 5 rounds each
-    python -m bench.cost_at_scale --rounds 1    # a quick look
+    python -m bench.cost_at_scale --rounds 1 --min-audio 0   # a quick look
 
 One plugin instance (one socket) reads 24 kHz audio from the stamped-audio server, which runs
 in its own process so its work is not counted.  Each stream speaks a four-sentence reply (one
@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import math
 import time
 import tracemalloc
 from dataclasses import dataclass
@@ -114,10 +115,15 @@ async def measure(url: str, streams: int, rounds: int) -> Point:
     return Point(streams, audio, plugin_cpu, bare_cpu, (peak - base) / streams / 1024)
 
 
-async def run(stream_counts: list[int], rounds: int) -> list[Point]:
+async def run(stream_counts: list[int], rounds: int, min_audio: float) -> list[Point]:
     args = ["--chunks", str(CHUNKS), "--chunk-ms", str(CHUNK_MS), "--gap-ms", "0"]
+    per_round = len(REPLY) * AUDIO_PER_REQUEST
     async with stamp_server(*args) as (url, _log):
-        return [await measure(url, n, rounds) for n in stream_counts]
+        # few streams deliver little audio per round: more rounds, for a steady figure
+        return [
+            await measure(url, n, max(rounds, math.ceil(min_audio / (n * per_round))))
+            for n in stream_counts
+        ]
 
 
 def report(points: list[Point]) -> str:
@@ -166,8 +172,9 @@ def main(argv: list[str] | None = None, *, out_dir: Path | None = None) -> None:
     parser = argparse.ArgumentParser(description="plugin CPU and memory at scale")
     parser.add_argument("--streams", type=int, nargs="*", default=[1, 10, 100])
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--min-audio", type=float, default=60.0, help="seconds per point")
     args = parser.parse_args(argv)
-    points = asyncio.run(run(args.streams, args.rounds))
+    points = asyncio.run(run(args.streams, args.rounds, args.min_audio))
     print(report(points))
     path = plot_path("cost_at_scale", out_dir)
     plot(points, path)

@@ -36,7 +36,6 @@ import contextlib
 import os
 import random
 import re
-import socket
 import statistics
 import sys
 import time
@@ -47,7 +46,7 @@ from pathlib import Path
 import aiohttp
 from livekit.agents import APIConnectOptions, APIStatusError
 
-from bench.common import plot_path
+from bench.common import free_port, plot_path
 from tts_custom import protocol
 from tts_custom.knowlithictts import TTS
 
@@ -305,13 +304,6 @@ async def conversation(
 
 
 # -- the server ---------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @dataclass

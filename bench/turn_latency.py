@@ -3,9 +3,10 @@
     python -m bench.turn_latency                  # 20, 50, 100 ms round trips, and TLS at 50
     python -m bench.turn_latency --turns 5        # a quick look
 
-A delaying proxy on loopback (tests/delay_proxy.py) puts a round trip between the client and
-the stamped-audio server (bench/stamp_server.py), whose own time to first audio is set to
-40 ms, near the local Piper server's.  In the same run, three clients take turns:
+A delaying proxy on loopback (tests/delay_proxy.py, in a process of its own) puts a round
+trip between the client and the stamped-audio server (bench/stamp_server.py), whose own time
+to first audio is set to 40 ms, near the local Piper server's.  In the same run, three
+clients take turns:
 
 * **persistent**: this plugin, prewarmed, one socket kept open (what the agent runs);
 * **per request**: a new WebSocket for every request, as in the seed's plugin guide;
@@ -31,9 +32,8 @@ from typing import Any
 import aiohttp
 from livekit.agents.utils import ConnectionPool
 
-from bench.common import machine, percentiles, plot_path, prewarmed, table
+from bench.common import delay_proxy_process, machine, percentiles, plot_path, prewarmed, table
 from bench.stamp_server import StampLog, stamp_server
-from tests.delay_proxy import DelayProxy, LinkConditions
 from tts_custom import protocol
 from tts_custom.knowlithictts import TTS
 
@@ -223,17 +223,13 @@ async def run_link(link: Link, turns: int) -> list[Result]:
         server_args.append("--tls")
     async with stamp_server(*server_args) as (url, log):
         port = int(url.rsplit(":", 1)[1])
-        proxy = DelayProxy("127.0.0.1", port, LinkConditions(rtt=link.rtt_ms / 1000))
-        await proxy.start()
-        proxied = f"{'wss' if link.tls else 'ws'}://127.0.0.1:{proxy.port}"
         results = []
-        try:
+        async with delay_proxy_process(port, link.rtt_ms / 1000) as proxy_port:
+            proxied = f"{'wss' if link.tls else 'ws'}://127.0.0.1:{proxy_port}"
             for cls in (Persistent, PerRequest, CloseOnInterrupt):
                 client = cls(proxied, link.tls)
                 first, after = await measure(client, turns)
                 results.append(Result(link, client.name, first, after, 0.0))
-        finally:
-            await proxy.aclose()
         floor = _server_ttfa(log) + link.rtt_ms
         for result in results:
             result.floor_ms = floor

@@ -3,11 +3,15 @@
 Each direction delays every chunk by half the round-trip time plus random jitter, but never
 reorders: a chunk is due no earlier than the one before it, as on a real TCP connection.
 A stall holds every byte until it is resumed.
-Tests and benchmarks put it between the plugin and a server.
+Tests and benchmarks put it between the plugin and a server.  Benchmarks run it in a process
+of its own, as a real link costs the client nothing:
+
+    python -m tests.delay_proxy --target-port 8000 --rtt 0.05   # prints "port <n>"
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import random
@@ -124,3 +128,27 @@ class DelayProxy:
                 return
             writer.write(data)
             await writer.drain()
+
+
+async def _serve(target_port: int, conditions: LinkConditions) -> None:
+    proxy = DelayProxy("127.0.0.1", target_port, conditions)
+    await proxy.start()
+    print("port", proxy.port, flush=True)
+    try:
+        await asyncio.Event().wait()  # until the process is terminated
+    finally:
+        await proxy.aclose()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="a slow link on loopback")
+    parser.add_argument("--target-port", type=int, required=True)
+    parser.add_argument("--rtt", type=float, default=0.0, help="seconds")
+    parser.add_argument("--jitter", type=float, default=0.0, help="seconds per direction")
+    args = parser.parse_args(argv)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_serve(args.target_port, LinkConditions(rtt=args.rtt, jitter=args.jitter)))
+
+
+if __name__ == "__main__":
+    main()

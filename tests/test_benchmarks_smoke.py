@@ -27,7 +27,9 @@ def test_turn_latency(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
 
 
 def test_cost_at_scale(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    cost_at_scale.main(["--streams", "1", "3", "--rounds", "1"], out_dir=tmp_path)
+    cost_at_scale.main(
+        ["--streams", "1", "3", "--rounds", "1", "--min-audio", "0"], out_dir=tmp_path
+    )
     assert "CPU ms per audio s" in capsys.readouterr().out
     assert (tmp_path / "cost_at_scale.png").stat().st_size > 0
 
@@ -52,3 +54,14 @@ def test_server_capacity(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     )
     assert "capacity without a limit" in capsys.readouterr().out
     assert plot.stat().st_size > 0
+
+
+def test_server_latency(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from bench import server_latency
+
+    server_latency.main(
+        ["--runs", "1", "--concurrency", "1", "--texts", "short", "medium"], out_dir=tmp_path
+    )
+    out = capsys.readouterr().out
+    assert all(system in out for system in server_latency.SYSTEMS)
+    assert (tmp_path / "server_latency.png").stat().st_size > 0

@@ -61,7 +61,10 @@ class RequestChannel:
         if not self._queue.empty():  # the common case while audio streams: no timer needed
             return self._queue.get_nowait()
         try:
-            return await asyncio.wait_for(self._queue.get(), timeout)
+            # asyncio.timeout, not wait_for: on 3.11 wait_for wraps the wait in a new task,
+            # an extra task and loop pass for every audio message
+            async with asyncio.timeout(timeout):
+                return await self._queue.get()
         except TimeoutError:
             raise APITimeoutError(
                 f"Knowlithic TTS sent nothing for request {self.request_id} in {timeout:g} s"

@@ -32,12 +32,14 @@ TEXTS = {
 
 @dataclass
 class Sample:
+    """One request seen from the client: seconds to first audio, seconds in all, audio length."""
+
     ttfa: float
     total: float
     audio_seconds: float
 
 
-async def _one(
+async def time_request(
     ws: aiohttp.ClientWebSocketResponse, text: str, request_id: str, rate: int
 ) -> Sample:
     started = time.perf_counter()
@@ -71,10 +73,10 @@ async def _connection(
         http.ws_connect(url, protocols=(protocol.SUBPROTOCOL,), headers=headers) as ws,
     ):
         await ws.receive(timeout=10)  # capabilities
-        await _one(ws, "Warm up.", f"warm-{index}", rate)
+        await time_request(ws, "Warm up.", f"warm-{index}", rate)
         for run in range(runs):
             for name, text in TEXTS.items():
-                results[name].append(await _one(ws, text, f"{index}-{run}-{name}", rate))
+                results[name].append(await time_request(ws, text, f"{index}-{run}-{name}", rate))
     return results
 
 
