@@ -1,30 +1,42 @@
-# The voice-agent worker.  Build: docker build -t knowlithic-agent .
-# Run:   docker run --env-file .env knowlithic-agent
-FROM python:3.11-slim
+# The voice-agent worker (agent.py).
+#   docker build -t avery-worker .
+#   docker run --env-file .env avery-worker
+# No key is baked in: all configuration comes from the environment at run time (.env.example).
+# scripts/check_image_steps.py replays these steps in CI, where no Docker engine runs.
+FROM python:3.11-slim-bookworm
 
-ENV PYTHONDONTWRITEBYTECODE=1 \
-    PYTHONUNBUFFERED=1 \
+ENV PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_ROOT_USER_ACTION=ignore
 
+# Every dependency is a manylinux wheel (the models ship inside them), so there is no compiler
+# to leave behind and a second build stage would save nothing.
 RUN useradd --create-home --uid 10001 agent
 WORKDIR /app
 
-# dependencies first: this layer is reused until requirements.txt changes
+# Dependencies first: this layer is reused until requirements.txt changes.  Bytecode is
+# compiled at install (pip's default) so every job process starts without recompiling.
 COPY requirements.txt .
 RUN pip install -r requirements.txt
 
 COPY agent.py settings.py ./
 COPY tts_custom/ tts_custom/
 COPY prompts/ prompts/
+# The code stays root-owned and read-only, so compile it now: each call's process imports it.
+RUN python -m compileall -q agent.py settings.py tts_custom
 
-USER agent
-# fetch model files at build time (needs no configuration and no secrets)
+# The worker runs as an unprivileged user.  download-files needs no configuration and no
+# secret; whatever a plugin fetches lands in that user's home now, never during a call.
+USER 10001
 RUN python agent.py download-files
 
-# the worker's health endpoint in production mode
+# Production mode serves its health check on 8081: 200 while the worker runs, 503 once it has
+# given up connecting to LiveKit.
 EXPOSE 8081
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8081/', timeout=4)"]
 
+# SIGTERM drains: no new calls, the ones in progress may finish (agent.py DRAIN_TIMEOUT_S).
+STOPSIGNAL SIGTERM
 CMD ["python", "agent.py", "start"]

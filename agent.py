@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
@@ -29,6 +30,7 @@ from livekit.agents import (
     cli,
     inference,
     room_io,
+    utils,
 )
 from livekit.agents.tts import TTS as BaseTTS
 from livekit.agents.vad import VAD
@@ -150,7 +152,75 @@ def setup_process(proc: JobProcess) -> None:
     proc.userdata["vad"] = load_vad(settings)
 
 
-server = AgentServer(setup_fnc=setup_process)
+# --- capacity: when LiveKit stops sending this worker calls ------------------
+#
+# LiveKit hands each new call to one of the registered workers that report themselves
+# available; this worker reports itself full while worker_load() >= LOAD_THRESHOLD.  The load
+# is the larger of two shares of the worker's capacity, so it stops taking calls at whichever
+# limit it reaches first (README.md, "Scaling"):
+#   calls  each call is a process of its own with Silero VAD and its audio pipeline (~150 MB of
+#          its own memory before the call starts, measured), so the count of calls is what
+#          bounds memory: pods are sized for MAX_CALLS_PER_WORKER of them;
+#   CPU    the container's CPU use over the CPUs it may use (cgroup-aware; NUM_CPUS when no CPU
+#          limit is set), against MAX_CPU_SHARE: the headroom keeps audio from waiting on a core
+#          when calls are heavier than planned.
+MAX_CALLS_PER_WORKER: Final = 8
+MAX_CPU_SHARE: Final = 0.7
+LOAD_THRESHOLD: Final = 1.0
+# Processes kept loaded so a new call starts at once.  The framework's default is one per CPU
+# of the host, which on a large machine holds gigabytes for calls that may never come.
+IDLE_PROCESSES: Final = 2
+# On SIGTERM the worker stops taking calls and waits this long for the ones in progress; keep
+# it under the orchestrator's grace period (600 s in deploy/k8s and compose.yaml).
+DRAIN_TIMEOUT_S: Final = 540
+
+
+def combined_load(calls: int, cpu_share: float) -> float:
+    """The worker's load from its calls in progress and its CPU share: 1.0 is full."""
+    return max(calls / MAX_CALLS_PER_WORKER, cpu_share / MAX_CPU_SHARE)
+
+
+class _CpuSampler:
+    """CPU share averaged over the last 2.5 s, sampled on a background thread.
+
+    The framework asks for the load before answering each job offer, so reading it must never
+    block; the thread starts on the first read, in the worker process only.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._average = utils.MovingAverage(5)
+        self._thread: threading.Thread | None = None
+
+    def share(self) -> float:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="cpu_share", daemon=True)
+                self._thread.start()
+            return self._average.get_avg()
+
+    def _run(self) -> None:
+        monitor = utils.hw.get_cpu_monitor()
+        while True:
+            share = monitor.cpu_percent(interval=0.5)
+            with self._lock:
+                self._average.add_sample(share)
+
+
+_cpu = _CpuSampler()
+
+
+def worker_load(server: AgentServer) -> float:
+    return combined_load(len(server.active_jobs), _cpu.share())
+
+
+server = AgentServer(
+    setup_fnc=setup_process,
+    load_fnc=worker_load,
+    load_threshold=LOAD_THRESHOLD,
+    num_idle_processes=IDLE_PROCESSES,
+    drain_timeout=DRAIN_TIMEOUT_S,
+)
 
 
 @server.rtc_session()
