@@ -7,9 +7,10 @@ One plugin instance (one socket) reads 24 kHz audio from the stamped-audio serve
 in its own process so its work is not counted.  Each stream speaks a four-sentence reply (one
 request per sentence, 0.4 s of audio each); all streams of a round run at once.  CPU time is
 this process's (plugin, LiveKit's AudioEmitter, the event loop and aiohttp), divided by the
-seconds of audio delivered.  Beside it, the same audio read by a bare aiohttp client: the
-floor for any client in Python.  Memory per stream is the peak of the Python heap during a
-round over the number of streams (a separate pass, because tracemalloc costs CPU).
+seconds of audio delivered.  Beside it, the same audio read by the least a plugin on LiveKit's
+framework can do (bench/minimal_plugin.py: the framework's own cost), and by a bare aiohttp
+client (the floor for any client in Python).  Memory per stream is the peak of the Python
+heap during a round over the number of streams (a separate pass: tracemalloc costs CPU).
 
 Target: under 2 ms of CPU per second of 24 kHz audio, so one core carries hundreds of
 real-time streams.
@@ -29,6 +30,7 @@ from pathlib import Path
 import aiohttp
 
 from bench.common import machine, plot_path, prewarmed, table
+from bench.minimal_plugin import MinimalTTS
 from bench.stamp_server import stamp_server
 from tts_custom import protocol
 from tts_custom.knowlithictts import TTS
@@ -49,11 +51,12 @@ class Point:
     streams: int
     audio_s: float
     plugin_cpu_ms_per_s: float
+    minimal_cpu_ms_per_s: float
     bare_cpu_ms_per_s: float
     kib_per_stream: float
 
 
-async def plugin_round(tts: TTS, streams: int) -> float:
+async def plugin_round(tts: TTS | MinimalTTS, streams: int) -> float:
     """Speak the reply on ``streams`` streams at once; return the seconds of audio."""
 
     async def one() -> int:
@@ -106,13 +109,27 @@ async def measure(url: str, streams: int, rounds: int) -> Point:
         aiohttp.ClientSession() as http,
         http.ws_connect(url, protocols=(protocol.SUBPROTOCOL,)) as ws,
     ):
+        await ws.receive()  # capabilities
+        minimal = MinimalTTS(ws, sample_rate=RATE)
+        await plugin_round(minimal, streams)
+        cpu, minimal_audio = time.process_time(), 0.0
+        for _ in range(rounds):
+            minimal_audio += await plugin_round(minimal, streams)
+        minimal_cpu = (time.process_time() - cpu) * 1000 / minimal_audio
+        await minimal.aclose()
+
+    async with (
+        aiohttp.ClientSession() as http,
+        http.ws_connect(url, protocols=(protocol.SUBPROTOCOL,)) as ws,
+    ):
         await ws.receive()
         await bare_round(ws, streams, -1)
         cpu, bare_audio = time.process_time(), 0.0
         for r in range(rounds):
             bare_audio += await bare_round(ws, streams, r)
         bare_cpu = (time.process_time() - cpu) * 1000 / bare_audio
-    return Point(streams, audio, plugin_cpu, bare_cpu, (peak - base) / streams / 1024)
+    kib = (peak - base) / streams / 1024
+    return Point(streams, audio, plugin_cpu, minimal_cpu, bare_cpu, kib)
 
 
 async def run(stream_counts: list[int], rounds: int, min_audio: float) -> list[Point]:
@@ -128,13 +145,21 @@ async def run(stream_counts: list[int], rounds: int, min_audio: float) -> list[P
 
 def report(points: list[Point]) -> str:
     rows = [
-        [p.streams, p.audio_s, p.plugin_cpu_ms_per_s, p.bare_cpu_ms_per_s, p.kib_per_stream]
+        [
+            p.streams,
+            p.audio_s,
+            p.plugin_cpu_ms_per_s,
+            p.minimal_cpu_ms_per_s,
+            p.bare_cpu_ms_per_s,
+            p.kib_per_stream,
+        ]
         for p in points
     ]
     headers = [
         "concurrent streams",
         "audio s",
         "plugin CPU ms per audio s",
+        "minimal plugin CPU ms per audio s",
         "bare client CPU ms per audio s",
         "KiB per stream",
     ]
@@ -150,6 +175,9 @@ def plot(points: list[Point], path: Path) -> None:
     fig, (cpu_ax, mem_ax) = plt.subplots(1, 2, figsize=(10, 4))
     xs = [str(p.streams) for p in points]
     cpu_ax.plot(xs, [p.plugin_cpu_ms_per_s for p in points], "o-", label="plugin + framework")
+    cpu_ax.plot(
+        xs, [p.minimal_cpu_ms_per_s for p in points], "o-", label="minimal plugin + framework"
+    )
     cpu_ax.plot(xs, [p.bare_cpu_ms_per_s for p in points], "o-", label="bare aiohttp client")
     cpu_ax.axhline(2.0, color="black", linestyle="--", label="target (2 ms)")
     cpu_ax.set_title("CPU per second of 24 kHz audio")
