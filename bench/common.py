@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import platform
 import socket
@@ -10,11 +11,15 @@ import sys
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import aiohttp
 import numpy as np
 
 from tts_custom.knowlithictts import TTS
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
 PLOTS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks"
 
@@ -39,21 +44,29 @@ async def python_server(
         stderr=asyncio.subprocess.DEVNULL,
     )
     try:
-        async with aiohttp.ClientSession() as http, asyncio.timeout(timeout):
-            while True:
-                try:
-                    async with http.get(f"http://127.0.0.1:{port}{health_path}") as response:
-                        if response.status == 200:
-                            break
-                except aiohttp.ClientError:
-                    pass
-                if proc.returncode is not None:
-                    raise RuntimeError(f"python -m {module} did not start")
-                await asyncio.sleep(0.1)
+        async with aiohttp.ClientSession() as http:
+            await wait_healthy(http, f"http://127.0.0.1:{port}{health_path}", proc, timeout)
         yield port
     finally:
         proc.terminate()
         await proc.wait()
+
+
+async def wait_healthy(
+    http: aiohttp.ClientSession,
+    url: str,
+    process: asyncio.subprocess.Process,
+    timeout: float = 60.0,
+) -> None:
+    """Until ``url`` answers 200; :class:`RuntimeError` if ``process`` exits first."""
+    async with asyncio.timeout(timeout):
+        while process.returncode is None:
+            with contextlib.suppress(aiohttp.ClientError):
+                async with http.get(url) as response:
+                    if response.status == 200:
+                        return
+            await asyncio.sleep(0.1)
+    raise RuntimeError(f"the server exited with {process.returncode} before it was healthy")
 
 
 @asynccontextmanager
@@ -123,6 +136,12 @@ def plot_path(name: str, out_dir: Path | None = None) -> Path:
     directory = out_dir or PLOTS
     directory.mkdir(parents=True, exist_ok=True)
     return directory / f"{name}.png"
+
+
+def plot_cdf(ax: Axes, values: Sequence[float], label: str) -> None:
+    """The share of ``values`` at or below each value: a whole distribution in one line."""
+    xs = sorted(values)
+    ax.plot(xs, [i / len(xs) for i in range(1, len(xs) + 1)], label=label)
 
 
 def _cell(value: object) -> str:

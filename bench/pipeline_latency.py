@@ -29,11 +29,20 @@ from pathlib import Path
 import aiohttp
 from livekit.agents import Agent, AgentSession
 
-from bench.common import local_tts_server, machine, percentiles, plot_path, prewarmed, table
+from bench.common import (
+    local_tts_server,
+    machine,
+    percentiles,
+    plot_cdf,
+    plot_path,
+    prewarmed,
+    table,
+)
 from tests.audio_capture import CapturingAudioOutput
 from tests.scripted_llm import ScriptedLLM
 from tts_custom import protocol
 from tts_custom.knowlithictts import TTS
+from tts_server.bench import time_request
 
 REPLY = "I can help with that. Your next appointment is on Tuesday at ten in the morning."
 FIRST_SENTENCE = "I can help with that."
@@ -43,20 +52,6 @@ FIRST_SENTENCE = "I can help with that."
 class Result:
     pipeline_ms: list[float]
     server_ms: list[float]
-
-
-async def _bare_first_audio(ws: aiohttp.ClientWebSocketResponse, n: int) -> float:
-    """One request for the first sentence on a persistent socket: ms to its first audio."""
-    request = protocol.TextToSpeech(f"floor-{n}", FIRST_SENTENCE, "elise", 16000, "wav")
-    started = time.perf_counter()
-    await ws.send_str(protocol.encode_client_message(request))
-    first: float | None = None
-    while True:
-        msg = await ws.receive()
-        if msg.type == aiohttp.WSMsgType.BINARY and first is None:
-            first = (time.perf_counter() - started) * 1000
-        elif msg.type == aiohttp.WSMsgType.TEXT and "complete" in msg.data and first is not None:
-            return first
 
 
 async def run(turns: int) -> Result:
@@ -79,7 +74,9 @@ async def run(turns: int) -> Result:
             await session.start(Agent(instructions="You are a nurse assistant."))
             await prewarmed(tts)
             for n in range(turns):
-                result.server_ms.append(await _bare_first_audio(ws, n))
+                # the plugin's own request: its rate and format (wav), the reply's first sentence
+                floor = await time_request(ws, FIRST_SENTENCE, f"floor-{n}", 16000, "wav")
+                result.server_ms.append(floor.ttfa * 1000)
                 await asyncio.sleep(0.1)  # the server idle again
                 started = time.perf_counter()
                 await session.generate_reply(user_input="When is my next appointment?")
@@ -113,8 +110,7 @@ def plot(result: Result, path: Path) -> None:
         (result.server_ms, "TTS server alone (bare client)"),
         (result.pipeline_ms, "voice pipeline (framework + plugin + server)"),
     ):
-        xs = sorted(values)
-        ax.plot(xs, [i / len(xs) for i in range(1, len(xs) + 1)], label=label)
+        plot_cdf(ax, values, label)
     ax.set_title("end of the user's turn -> first audio frame")
     ax.set_xlabel("milliseconds")
     ax.set_ylabel("share of turns")

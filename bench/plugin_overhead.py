@@ -29,7 +29,7 @@ from pathlib import Path
 
 import aiohttp
 
-from bench.common import machine, percentiles, plot_path, prewarmed, table
+from bench.common import machine, percentiles, plot_cdf, plot_path, prewarmed, table
 from bench.stamp_server import StampLog, stamp_server
 from tts_custom import protocol, synthesis
 from tts_custom.knowlithictts import TTS
@@ -147,8 +147,7 @@ def plot(bare: Samples, plugin: Samples, path: Path) -> None:
         (axes[1], "each later chunk", bare.chunk, plugin.chunk),
     ):
         for values, label in ((b, "bare aiohttp client"), (p, "plugin")):
-            xs = sorted(values)
-            ax.plot(xs, [i / len(xs) for i in range(1, len(xs) + 1)], label=label)
+            plot_cdf(ax, values, label)
         ax.set_title(f"server send -> audio available: {title}")
         ax.set_xlabel("milliseconds")
         ax.set_ylabel("share of messages")

@@ -46,7 +46,7 @@ from pathlib import Path
 import aiohttp
 from livekit.agents import APIConnectOptions, APIStatusError
 
-from bench.common import free_port, plot_path
+from bench.common import free_port, plot_path, wait_healthy
 from tts_custom import protocol
 from tts_custom.knowlithictts import TTS
 
@@ -337,7 +337,7 @@ async def running_server(
     base = f"http://127.0.0.1:{port}"
     try:
         async with aiohttp.ClientSession() as http:
-            await wait_healthy(http, base, process)
+            await wait_healthy(http, f"{base}/health", process)
             yield Server(f"ws://127.0.0.1:{port}", http, process.pid)
     finally:
         process.terminate()
@@ -346,19 +346,6 @@ async def running_server(
         except TimeoutError:
             process.kill()
             await process.wait()
-
-
-async def wait_healthy(
-    http: aiohttp.ClientSession, base: str, process: asyncio.subprocess.Process
-) -> None:
-    async with asyncio.timeout(60):
-        while process.returncode is None:
-            with contextlib.suppress(aiohttp.ClientError):
-                async with http.get(f"{base}/health") as response:
-                    if response.status == 200:
-                        return
-            await asyncio.sleep(0.2)
-    raise RuntimeError(f"the server exited with {process.returncode}")
 
 
 async def server_health(server: Server) -> dict[str, object]:

@@ -18,6 +18,8 @@ import random
 import time
 from dataclasses import dataclass, field
 
+from tests.loopback import LoopbackServer
+
 
 @dataclass
 class LinkConditions:
@@ -33,15 +35,12 @@ class LinkConditions:
         return self.rtt / 2 + (self._rng.uniform(0, self.jitter) if self.jitter else 0.0)
 
 
-class DelayProxy:
+class DelayProxy(LoopbackServer):
     def __init__(self, target_host: str, target_port: int, conditions: LinkConditions) -> None:
+        super().__init__()
         self.conditions = conditions
         self._target = (target_host, target_port)
-        self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self._writers: set[asyncio.StreamWriter] = set()
-        self.port = 0
-        self.connections = 0
         self._flowing = asyncio.Event()
         self._flowing.set()
 
@@ -52,37 +51,19 @@ class DelayProxy:
     def resume(self) -> None:
         self._flowing.set()
 
-    @property
-    def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}"
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-
     async def aclose(self) -> None:
-        self.reset_connections()
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
+        await super().aclose()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    def reset_connections(self) -> None:
-        for writer in list(self._writers):
-            transport = writer.transport
-            transport.abort()
-        self._writers.clear()
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             up_reader, up_writer = await asyncio.open_connection(*self._target)
         except OSError:
             writer.transport.abort()
             return
-        self._writers |= {writer, up_writer}
+        self._writers.add(up_writer)  # the client side is registered already
         pipes = [
             asyncio.create_task(self._pipe(reader, up_writer)),
             asyncio.create_task(self._pipe(up_reader, writer)),

@@ -40,12 +40,16 @@ class Sample:
 
 
 async def time_request(
-    ws: aiohttp.ClientWebSocketResponse, text: str, request_id: str, rate: int
+    ws: aiohttp.ClientWebSocketResponse,
+    text: str,
+    request_id: str,
+    rate: int,
+    output_format: protocol.OutputFormat = "pcm",
 ) -> Sample:
     started = time.perf_counter()
     await ws.send_str(
         protocol.encode_client_message(
-            protocol.TextToSpeech(request_id, text, "elise", rate, "pcm")
+            protocol.TextToSpeech(request_id, text, "elise", rate, output_format)
         )
     )
     first: float | None = None
