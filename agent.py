@@ -158,7 +158,7 @@ def setup_process(proc: JobProcess) -> None:
 # available; this worker reports itself full while worker_load() >= LOAD_THRESHOLD.  The load
 # is the larger of two shares of the worker's capacity, so it stops taking calls at whichever
 # limit it reaches first (README.md, "Scaling"):
-#   calls  each call is a process of its own with Silero VAD and its audio pipeline (~150 MB of
+#   calls  each call is a process of its own with Silero VAD and its audio pipeline (70-150 MB of
 #          its own memory before the call starts, measured), so the count of calls is what
 #          bounds memory: pods are sized for MAX_CALLS_PER_WORKER of them;
 #   CPU    the container's CPU use over the CPUs it may use (cgroup-aware; NUM_CPUS when no CPU

@@ -9,6 +9,8 @@ records every status update.  It never offers a job: no media server runs here.
 from __future__ import annotations
 
 import asyncio
+import os
+from pathlib import Path
 
 import aiohttp
 from aiohttp import web
@@ -89,3 +91,18 @@ class FakeLiveKit:
             async with self._status_seen:
                 self.statuses.append(message.update_worker)
                 self._status_seen.notify_all()
+
+
+def worker_env(livekit_url: str, home: Path) -> dict[str, str]:
+    """The environment for ``python agent.py start`` against this endpoint, keys unused."""
+    return {
+        "PATH": os.environ.get("PATH", ""),
+        "HOME": os.environ.get("AVERY_WORKER_HOME", str(home)),
+        "NO_COLOR": "1",
+        "LIVEKIT_URL": livekit_url,
+        "LIVEKIT_API_KEY": API_KEY,
+        "LIVEKIT_API_SECRET": API_SECRET,
+        "DEEPGRAM_API_KEY": "dg-unused",  # checked at start-up, never called: no job runs
+        "GROQ_API_KEY": "gsk-unused",
+        "KNOWLITHIC_TTS_SERVER": "ws://127.0.0.1:9",
+    }

@@ -66,3 +66,11 @@ def test_server_latency(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     out = capsys.readouterr().out
     assert all(system in out for system in server_latency.SYSTEMS)
     assert (tmp_path / "server_latency.png").stat().st_size > 0
+
+
+def test_worker_footprint(capsys: pytest.CaptureFixture[str]) -> None:
+    from bench import worker_footprint
+
+    worker_footprint.main(["--settle", "1", "--vad-seconds", "1"])
+    out = capsys.readouterr().out
+    assert "worker (agent.py start)" in out and "Silero VAD" in out

@@ -30,7 +30,7 @@ from livekit.protocol import agent as proto
 
 import agent
 from tests import dockerfile
-from tests.fake_livekit import API_KEY, API_SECRET, FakeLiveKit
+from tests.fake_livekit import FakeLiveKit, worker_env
 
 REPO = Path(__file__).resolve().parent.parent
 WORKER_PYTHON = os.environ.get("AVERY_WORKER_PYTHON", sys.executable)
@@ -87,20 +87,6 @@ def port_is_free(port: int) -> bool:
         except OSError:
             return False
     return True
-
-
-def worker_env(livekit_url: str, home: Path) -> dict[str, str]:
-    return {
-        "PATH": os.environ.get("PATH", ""),
-        "HOME": os.environ.get("AVERY_WORKER_HOME", str(home)),
-        "NO_COLOR": "1",
-        "LIVEKIT_URL": livekit_url,
-        "LIVEKIT_API_KEY": API_KEY,
-        "LIVEKIT_API_SECRET": API_SECRET,
-        "DEEPGRAM_API_KEY": "dg-unused",  # checked at start-up, never called: no job runs
-        "GROQ_API_KEY": "gsk-unused",
-        "KNOWLITHIC_TTS_SERVER": "ws://127.0.0.1:9",
-    }
 
 
 @pytest.mark.timeout(150)
