@@ -24,6 +24,7 @@ from livekit.agents import (
     Agent,
     AgentServer,
     AgentSession,
+    APIConnectOptions,
     JobContext,
     JobProcess,
     TurnHandlingOptions,
@@ -34,6 +35,7 @@ from livekit.agents import (
 )
 from livekit.agents.tts import TTS as BaseTTS
 from livekit.agents.vad import VAD
+from livekit.agents.voice.agent_session import SessionConnectOptions
 from livekit.plugins import deepgram, groq, noise_cancellation, silero
 
 from settings import ConfigError, Settings, load_settings
@@ -103,6 +105,17 @@ def build_tts(settings: Settings) -> KnowlithicTTS:
     )
 
 
+def tts_connect_options(settings: Settings) -> APIConnectOptions:
+    """How long a TTS fault may keep the caller in silence before the session hears of it.
+
+    The plugin shares ``timeout`` between everything one reply does to recover (waiting for a
+    restarting server, asking again, the framework's retries), so ``timeout`` bounds the
+    silence whatever ``max_retry`` is; the retries only help within it, 0.5 s apart rather
+    than the framework's 2 s, which would use most of the time waiting.
+    """
+    return APIConnectOptions(max_retry=3, retry_interval=0.5, timeout=settings.tts_timeout)
+
+
 def build_turn_handling() -> TurnHandlingOptions:
     return TurnHandlingOptions(
         # The v1-mini end-of-turn model runs in-process from weights bundled with
@@ -130,6 +143,7 @@ def build_session(settings: Settings, *, vad: VAD, tts: BaseTTS[Any]) -> AgentSe
         turn_handling=build_turn_handling(),
         # The Knowlithic plugin sends word timings, so captions follow the audio word by word.
         use_tts_aligned_transcript=True,
+        conn_options=SessionConnectOptions(tts_conn_options=tts_connect_options(settings)),
     )
 
 

@@ -17,6 +17,9 @@ from pathlib import Path
 from typing import Final, TypeVar
 from urllib.parse import urlsplit
 
+from tts_custom.knowlithictts import header_safe_key
+from tts_custom.protocol import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
+
 __all__ = [
     "DEFAULT_GROQ_MODEL",
     "PROMPTS_DIR",
@@ -35,9 +38,14 @@ DEFAULT_GROQ_MODEL: Final = "llama-3.3-70b-versatile"
 RETIRED_GROQ_MODELS: Final = frozenset({"llama3-8b-8192", "llama3-70b-8192", "mixtral-8x7b-32768"})
 
 DEFAULT_TTS_SERVER: Final = "ws://localhost:8000"
+# The longest a TTS fault (a server restarting, a silent server, a dropped socket) may keep
+# the caller in silence before the session hears of it, every retry included.  A restart of
+# the local server takes 1-2 s (measured: tests/test_server_restarts.py) and reconnects come
+# at most 1 s apart while a reply waits, so a restart fits; a healthy server's first audio
+# takes well under 0.5 s (docs/benchmarks.md).  docs/reliability.md has the reasoning.
+DEFAULT_TTS_TIMEOUT: Final = 5.0
+MAX_TTS_TIMEOUT: Final = 60.0
 DEFAULT_PROMPT: Final = "avery"
-MIN_SAMPLE_RATE: Final = 8000
-MAX_SAMPLE_RATE: Final = 48000
 
 _URL_SCHEMES: Final = ("ws", "wss", "http", "https")
 _TRUE: Final = frozenset({"true", "1", "yes"})
@@ -83,6 +91,7 @@ class Settings:
     tts_api_key: str | None = field(repr=False)
     tts_voice: str
     tts_sample_rate: int
+    tts_timeout: float
 
     vad_activation_threshold: float
     vad_min_speech_duration: float
@@ -133,9 +142,11 @@ def load_settings(
         groq_api_key=env.secret("GROQ_API_KEY", "your Groq API key") or "",
         groq_model=env.parse("GROQ_MODEL", DEFAULT_GROQ_MODEL, _groq_model),
         tts_server_url=env.url(tts_var, "the TTS server URL") or DEFAULT_TTS_SERVER,
-        tts_api_key=env.get("KNOWLITHIC_API_KEY"),  # optional: the local server needs none
+        # optional: the local server needs none
+        tts_api_key=env.parse("KNOWLITHIC_API_KEY", None, _header_value),
         tts_voice=env.text("KNOWLITHIC_VOICE", "elise"),
         tts_sample_rate=env.parse("KNOWLITHIC_SAMPLE_RATE", 16000, _sample_rate),
+        tts_timeout=env.parse("KNOWLITHIC_TIMEOUT", DEFAULT_TTS_TIMEOUT, _timeout),
         vad_activation_threshold=env.parse("VAD_ACTIVATION_THRESHOLD", 0.5, _probability),
         vad_min_speech_duration=env.parse("VAD_MIN_SPEECH_DURATION", 0.05, _seconds),
         vad_min_silence_duration=env.parse("VAD_MIN_SILENCE_DURATION", 0.55, _seconds),
@@ -208,6 +219,9 @@ class _Reader:
             return default
         try:
             return parser(raw)
+        except _SecretError as e:
+            self.problems.append(f"{name}: {e}")  # never echo a secret
+            return default
         except ValueError as e:
             self.problems.append(f"{name}: got {raw!r}; {e}")
             return default
@@ -272,6 +286,27 @@ def _sample_rate(raw: str) -> int:
     if not MIN_SAMPLE_RATE <= value <= MAX_SAMPLE_RATE:
         raise ValueError(expected)
     return value
+
+
+def _timeout(raw: str) -> float:
+    expected = f"expected seconds above 0 and at most {MAX_TTS_TIMEOUT:g}, such as 5"
+    value = _finite_float(raw, expected)
+    if not 0.0 < value <= MAX_TTS_TIMEOUT:
+        raise ValueError(expected)
+    return value
+
+
+class _SecretError(ValueError):
+    """A secret is malformed: say how, never what it is."""
+
+
+def _header_value(raw: str) -> str:
+    try:
+        key = header_safe_key(raw)
+    except ValueError as e:
+        raise _SecretError(str(e)) from None
+    assert key is not None  # raw is not blank
+    return key
 
 
 def _boolean(raw: str) -> bool:

@@ -63,6 +63,7 @@ class Behavior:
     completion_type: str = "complete"
     word_timestamps: bool = True
     stated_sample_rate: bool = True  # put sample_rate on raw PCM messages
+    rate_stated_for: dict[str, int] = field(default_factory=dict)  # text -> a rate to claim
     actual_sample_rate: int | None = None  # produce audio at this rate, not the one asked
     wav_extra_chunk: bytes = b""  # e.g. a LIST chunk before data
     wav_trailer: bytes = b""  # bytes after a sized data chunk
@@ -78,6 +79,7 @@ class Behavior:
     chunk_delay: float = 0.0
     stall: bool = False  # accept requests and never answer
     stall_after_chunks: int | None = None  # send this many chunks, then nothing more
+    stall_only: frozenset[str] | None = None  # ...for requests with these texts (None: all)
     withhold_completion: bool = False  # send all the audio, never the completion
     huge_message: int | None = None  # send one text frame of this many bytes first, once
     ignore_cancel: bool = False  # keep streaming a cancelled request, then complete it
@@ -94,6 +96,7 @@ class Received:
     requests: list[protocol.TextToSpeech] = field(default_factory=list)
     cancels: list[str] = field(default_factory=list)
     handshake_headers: list[dict[str, str]] = field(default_factory=list)
+    handshake_targets: list[str] = field(default_factory=list)  # path and query
 
 
 class FakeKnowlithicServer:
@@ -148,6 +151,7 @@ class FakeKnowlithicServer:
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         b = self.behavior
         self.received.handshake_headers.append(dict(request.headers))
+        self.received.handshake_targets.append(request.path_qs)
         if b.handshake_status is not None:
             return web.Response(status=b.handshake_status, text="refused by test")
         if b.api_key is not None and request.headers.get("Authorization") != f"Bearer {b.api_key}":
@@ -262,9 +266,14 @@ class FakeKnowlithicServer:
             if self._should_drop(n):
                 await self.drop_connections()
                 return
-            if b.stall_after_chunks is not None and n >= b.stall_after_chunks:
+            if (
+                b.stall_after_chunks is not None
+                and n >= b.stall_after_chunks
+                and (b.stall_only is None or req.text in b.stall_only)
+            ):
                 await asyncio.Event().wait()
-            await self._send_audio(ws, v1, req.request_id, chunk, rate=rate, seq=n)
+            stated = b.rate_stated_for.get(req.text, rate)
+            await self._send_audio(ws, v1, req.request_id, chunk, rate=stated, seq=n)
             if b.chunk_delay:
                 await asyncio.sleep(b.chunk_delay)
         if b.withhold_completion:

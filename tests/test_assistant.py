@@ -36,6 +36,7 @@ SETTINGS_VARIABLES = [
     "KNOWLITHIC_API_KEY",
     "KNOWLITHIC_VOICE",
     "KNOWLITHIC_SAMPLE_RATE",
+    "KNOWLITHIC_TIMEOUT",
     "VAD_ACTIVATION_THRESHOLD",
     "VAD_MIN_SPEECH_DURATION",
     "VAD_MIN_SILENCE_DURATION",
@@ -148,6 +149,26 @@ async def test_build_session_wires_every_component(monkeypatch: pytest.MonkeyPat
         assert isinstance(detector, inference.TurnDetector)
         assert detector.model == "turn-detector-v1-mini"
         assert session.interruption_detection == "vad"
+    finally:
+        await voice.aclose()
+        for component in (session.llm, session.stt):
+            if component is not None:
+                await component.aclose()
+
+
+@pytest.mark.parametrize(("raw", "seconds"), [(None, 5.0), ("3", 3.0), ("12.5", 12.5)])
+async def test_the_worker_chooses_how_long_a_tts_fault_may_last(
+    raw: str | None, seconds: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(groq.LLM, "prewarm", lambda self, **_: None)
+    config = settings(**({"KNOWLITHIC_TIMEOUT": raw} if raw is not None else {}))
+    voice = agent.build_tts(config)
+    session = agent.build_session(config, vad=agent.load_vad(config), tts=voice)
+    try:
+        options = session.conn_options.tts_conn_options
+        # the plugin shares this time among every retry of a reply: it bounds the silence
+        assert options.timeout == seconds
+        assert options.retry_interval < seconds
     finally:
         await voice.aclose()
         for component in (session.llm, session.stt):

@@ -10,13 +10,13 @@ import time
 from collections.abc import AsyncIterator
 
 import pytest
-from livekit.agents import APIConnectionError, APIConnectOptions, APITimeoutError
+from livekit.agents import APIConnectionError, APIConnectOptions, APIError, APITimeoutError
+from livekit.agents import tts as lk_tts
 
 from tests.conftest import MakeTTS
-from tests.fake_knowlithic import FakeKnowlithicServer
-from tests.plugin_helpers import expected_digest, speak
+from tests.fake_knowlithic import FakeKnowlithicServer, speech_for
+from tests.plugin_helpers import Spoken, expected_digest, speak
 from tests.raw_peers import DeafPeer, HangingUpgrade
-from tts_custom.backoff import Health
 from tts_custom.connection import CLOSE_TIMEOUT, MAX_MESSAGE_SIZE
 
 TEXT = ("The first sentence is spoken.", "Then the second one follows.")
@@ -142,18 +142,100 @@ async def test_a_server_that_never_comes_back_reaches_the_session_and_then_recov
     server.behavior.chunk_bytes = 320
     server.behavior.chunk_delay = 0.01  # still streaming when the server goes
     tts = make_tts()
-    tts._shared._health = Health(cooldown=0.3)
     stream = tts.stream(conn_options=RETRY)
     stream.push_text(" ".join(TEXT))
     stream.end_input()
     await stream.__anext__()
     await server.stop()  # gone for good, mid-reply
-    with pytest.raises(APIConnectionError):
+    started = time.perf_counter()
+    with pytest.raises(APIConnectionError) as info:
         async for _ in stream:
             pass
+    waited = time.perf_counter() - started
     await stream.aclose()
+    # it waited the reply's patience for the server, then said what happened, finally
+    assert RETRY.timeout - 0.1 <= waited < RETRY.timeout + 0.5
+    assert not info.value.retryable
+    message = str(info.value)
+    assert "connection lost" in message and "did not come back" in message
+    assert "cannot connect" in message
     await server.start()
     # real-time audio makes the framework end a segment with 10 ms of silence: avoid that
     server.behavior.chunk_delay = 0.0
-    await asyncio.sleep(0.4)  # the cool-down after the failed reconnects
+    # back: used at once, no cool-down
     assert (await speak(tts, TEXT[1], conn_options=RETRY)).digest == expected_digest([TEXT[1]])
+
+
+def _heard_once(heard: bytes, sentences: tuple[str, ...]) -> bool:
+    """Whether ``heard`` is the start of ``sentences`` spoken in order: nothing twice."""
+    whole = b"".join(speech_for(s, 16000) for s in sentences)
+    return bool(heard) and whole.startswith(heard)
+
+
+async def _heard_until_error(
+    stream: lk_tts.ChunkedStream | lk_tts.SynthesizeStream,
+) -> tuple[Spoken, APIError | None]:
+    spoken = Spoken()
+    try:
+        async with stream:
+            async for event in stream:
+                spoken.add(event)
+    except APIError as e:
+        return spoken, e
+    return spoken, None
+
+
+async def test_a_stall_mid_sentence_with_synthesize_is_never_played_twice(
+    server: FakeKnowlithicServer, make_tts: MakeTTS
+) -> None:
+    server.behavior.chunk_bytes = 320
+    server.behavior.stall_after_chunks = 3
+    tts = make_tts()
+    spoken, error = await _heard_until_error(tts.synthesize(" ".join(TEXT), conn_options=RETRY))
+    # the framework retries a chunked stream by replaying its whole text: a retryable error
+    # after audio would have played these three chunks again, and again
+    assert isinstance(error, APITimeoutError) and not error.retryable
+    assert _heard_once(spoken.pcm, TEXT)
+
+
+async def test_a_stall_mid_sentence_without_streaming_is_never_played_twice(
+    server: FakeKnowlithicServer, make_tts: MakeTTS
+) -> None:
+    # use_streaming=False: the framework splits sentences itself and calls synthesize()
+    server.behavior.chunk_bytes = 320
+    server.behavior.stall_after_chunks = 3
+    adapter = lk_tts.StreamAdapter(tts=make_tts(use_streaming=False))
+    stream = adapter.stream(conn_options=RETRY)
+    stream.push_text(" ".join(TEXT))
+    stream.end_input()
+    spoken, error = await _heard_until_error(stream)
+    assert isinstance(error, APIError) and not error.retryable
+    assert _heard_once(spoken.pcm, TEXT)
+    await adapter.aclose()
+
+
+async def test_100_concurrent_syntheses_through_faults_are_each_heard_at_most_once(
+    server: FakeKnowlithicServer, make_tts: MakeTTS
+) -> None:
+    # the shared socket dies twice under 100 replies in flight, and three of them stall
+    # mid-sentence: every reply resumes where its listener stopped hearing or ends where it
+    # was; none starts over
+    server.behavior.chunk_bytes = 320
+    server.behavior.chunk_delay = 0.002
+    server.behavior.drop_after_chunks = 4
+    server.behavior.max_drops = 2
+    texts = [(f"Reply number {n} begins here.", f"And reply {n} ends here.") for n in range(100)]
+    stalling = {7, 42, 93}
+    server.behavior.stall_after_chunks = 6
+    server.behavior.stall_only = frozenset(texts[n][0] for n in stalling)
+    tts = make_tts()
+    results = await asyncio.gather(
+        *(_heard_until_error(tts.synthesize(" ".join(t), conn_options=RETRY)) for t in texts)
+    )
+    for n, ((heard, error), sentences) in enumerate(zip(results, texts, strict=True)):
+        if n in stalling:
+            assert isinstance(error, APITimeoutError) and not error.retryable
+            assert _heard_once(heard.pcm, sentences)
+        else:
+            assert error is None and heard.digest == expected_digest(sentences)
+    assert server.received.connections == 3

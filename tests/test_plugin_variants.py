@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
 import pytest
+from livekit.agents import APIStatusError
 
 from tests.conftest import MakeTTS
-from tests.fake_knowlithic import SECONDS_PER_CHAR, FakeKnowlithicServer
-from tests.plugin_helpers import expected_digest, speak
+from tests.fake_knowlithic import SECONDS_PER_CHAR, FakeKnowlithicServer, wav_header
+from tests.plugin_helpers import Spoken, expected_digest, speak
+from tts_custom.payload import AudioFormatError, PayloadDecoder
 
 TEXT = ("The first sentence of the reply.", "A second one follows right after.")
 
@@ -59,6 +62,30 @@ async def test_the_audios_real_rate_wins(
     assert spoken.sample_rates == {16000}
     duration = len(spoken.pcm) / 2 / 16000
     assert duration == pytest.approx(SECONDS_PER_CHAR * len(TEXT[0]), abs=0.012)
+
+
+@pytest.mark.parametrize("stated", [1, 10, 0x7FFFFFFF, -16000, 7999, 48001])
+async def test_an_impossible_stated_rate_fails_its_request_only(
+    stated: int, server: FakeKnowlithicServer, make_tts: MakeTTS
+) -> None:
+    # 1 Hz would resample 320 kB into gigabytes; -16000 crashed the resampler
+    server.behavior.rate_stated_for = {TEXT[0]: stated}
+    tts = make_tts(output_format="pcm")
+    bad, good = await asyncio.gather(
+        speak(tts, TEXT[0]), speak(tts, TEXT[1]), return_exceptions=True
+    )
+    assert isinstance(bad, APIStatusError) and not bad.retryable
+    assert f"{stated} Hz" in bad.message and "8000 to 48000" in bad.message
+    assert isinstance(good, Spoken) and good.digest == expected_digest([TEXT[1]])
+    # the socket served both and stays in use
+    assert (await speak(tts, TEXT[1])).digest == expected_digest([TEXT[1]])
+    assert server.received.connections == 1
+
+
+def test_a_wav_header_rate_has_the_same_bounds() -> None:
+    decoder = PayloadDecoder(sample_rate=16000)
+    with pytest.raises(AudioFormatError, match="1000 Hz"):
+        decoder.feed(wav_header(1000, 0xFFFFFFFF) + b"\x00" * 64)
 
 
 @pytest.mark.parametrize("payload", ["wav_per_request", "wav_per_message"])

@@ -174,6 +174,13 @@ def test_malformed_server_frames_raise_protocol_errors(frame: str | bytes) -> No
             p.ERR_BAD_REQUEST,
         ),
         ('{"type": "cancel", "request_id": "\\ud800"}', p.ERR_BAD_REQUEST),
+        ('{"type": "cancel", "request_id": ' + "9" * 129 + "}", p.ERR_BAD_REQUEST),
+        (
+            '{"type": "text_to_speech", "request_id": "r", "text": "a", "voice": "'
+            + "v" * 129
+            + '", "sample_rate": 16000}',
+            p.ERR_BAD_REQUEST,
+        ),
         ('{"type": "keepalive", "n": ' + "9" * 5000 + "}", p.ERR_BAD_REQUEST),
         ("[" * 5000 + "]" * 5000, p.ERR_BAD_REQUEST),
     ],

@@ -69,6 +69,7 @@ def test_defaults() -> None:
     assert s.tts_api_key is None
     assert s.tts_voice == "elise"
     assert s.tts_sample_rate == 16000
+    assert s.tts_timeout == 5.0
     assert s.vad_activation_threshold == 0.5
     assert s.vad_min_speech_duration == 0.05
     assert s.vad_min_silence_duration == 0.55
@@ -254,6 +255,19 @@ def test_sample_rates(raw: str) -> None:
 def test_bad_sample_rates_are_refused(raw: str) -> None:
     line = problem_for("KNOWLITHIC_SAMPLE_RATE", KNOWLITHIC_SAMPLE_RATE=raw)
     assert "8000 to 48000" in line
+
+
+@pytest.mark.parametrize("raw", ["0", "-1", "61", "nan", "soon"])
+def test_a_tts_timeout_must_be_a_bounded_positive_duration(raw: str) -> None:
+    assert "at most 60" in problem_for("KNOWLITHIC_TIMEOUT", KNOWLITHIC_TIMEOUT=raw)
+
+
+@pytest.mark.parametrize("bad", ["kn-s3cr3t eeee", "kn-s3cr3t\neeee", "kn-s3cr3t\u00e9"])
+def test_a_tts_key_that_cannot_travel_in_a_header_is_refused_without_echoing_it(
+    bad: str,
+) -> None:
+    line = problem_for("KNOWLITHIC_API_KEY", KNOWLITHIC_API_KEY=bad)
+    assert "header" in line and "s3cr3t" not in line
 
 
 def test_retired_groq_model_is_refused() -> None:

@@ -151,6 +151,11 @@ class Connection:
         with contextlib.suppress(APIConnectionError):  # if the socket is gone, so is the request
             await self.send(protocol.Cancel(request_id=channel.request_id))
 
+    def lost_error(self) -> APIConnectionError:
+        """Why the socket closed, as the error a request on it gets."""
+        lost = self._lost or ConnectionLost(self._ws.close_code, "connection closed")
+        return connection_lost_error(lost.close_code, lost.reason)
+
     async def wait_idle(self) -> None:
         await self._idle.wait()
 

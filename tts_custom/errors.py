@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Final
 from urllib.parse import urlsplit, urlunsplit
 
-from livekit.agents import APIConnectionError, APIError, APIStatusError
+from livekit.agents import APIConnectionError, APIError, APIStatusError, APITimeoutError
 
 from . import protocol
 
@@ -78,4 +78,38 @@ def unsupported(what: str) -> APIStatusError:
     """The server's capabilities rule the request out before it is sent."""
     return APIStatusError(
         f"Knowlithic TTS cannot do this: {what}", status_code=400, retryable=False
+    )
+
+
+def recontextualized(error: APIError, message: str, *, retryable: bool | None = None) -> APIError:
+    """``error`` again, of the same kind and status, with a new message (and retry flag)."""
+    keep = error.retryable if retryable is None else retryable
+    if isinstance(error, APIStatusError):
+        return APIStatusError(
+            message,
+            status_code=error.status_code,
+            request_id=error.request_id,
+            body=error.body,
+            retryable=keep,
+        )
+    if isinstance(error, APITimeoutError):
+        return APITimeoutError(message, retryable=keep)
+    if isinstance(error, APIConnectionError):
+        return APIConnectionError(message, retryable=keep)
+    return APIError(message, body=error.body, retryable=keep)
+
+
+def final(error: APIError) -> APIError:
+    """``error``, not to be retried: the caller heard part of the reply, or waited enough.
+
+    The framework retries a retryable error by replaying the whole text, so a caller who
+    heard its start would hear it twice; and each retry would add its own wait to the silence.
+    """
+    return error if not error.retryable else recontextualized(error, error.message, retryable=False)
+
+
+def did_not_come_back(fault: APIError, reconnect: APIError) -> APIError:
+    """The reply lost its server to ``fault``, and waiting for it again failed."""
+    return recontextualized(
+        reconnect, f"{fault.message}; the server did not come back: {reconnect.message}"
     )

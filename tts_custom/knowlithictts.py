@@ -18,7 +18,7 @@ import weakref
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Final
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import aiohttp
 from livekit.agents import APIConnectOptions, tokenize, tts, utils
@@ -26,10 +26,10 @@ from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, NOT_GIVEN, NotGive
 from livekit.agents.utils import is_given
 
 from . import protocol
+from .backoff import Outage, Patience
 from .connection import Connection, connect
-from .errors import unsupported
 from .log import logger
-from .shared_connection import SharedConnection
+from .shared_connection import Acquired, SharedConnection
 from .synthesis import SentenceSynthesis
 
 DEFAULT_VOICE: Final = "elise"
@@ -37,6 +37,11 @@ DEFAULT_SAMPLE_RATE: Final = 16000
 BASE_URL_ENV_VARS: Final = ("KNOWLITHIC_TTS_SERVER", "TTS_SERVER_URL")
 API_KEY_ENV_VAR: Final = "KNOWLITHIC_API_KEY"
 _WS_SCHEMES: Final = {"ws": "ws", "wss": "wss", "http": "ws", "https": "wss"}
+# query parameters that carry a key: moved to the Authorization header, never sent in a URL
+# (access logs and proxies write request lines down)
+_KEY_PARAMETERS: Final = frozenset(
+    {"api_key", "apikey", "api-key", "key", "token", "access_token", "auth", "authorization"}
+)
 
 
 @dataclass
@@ -77,6 +82,7 @@ class TTS(tts.TTS[None]):
         max_connection_age: float = 600.0,
         heartbeat: float | None = 15.0,
         sentences_ahead: int = 3,
+        unhealthy_after: float = 10.0,
     ) -> None:
         """Create a Knowlithic TTS.
 
@@ -89,7 +95,8 @@ class TTS(tts.TTS[None]):
                 sentence as the LLM writes it). With False the framework wraps this TTS in a
                 ``StreamAdapter``. Defaults to True.
             api_key (str, optional): Sent as ``Authorization: Bearer``, never in the URL.
-                Defaults to ``KNOWLITHIC_API_KEY``.
+                Defaults to ``KNOWLITHIC_API_KEY``, then a key in ``base_url``'s query
+                (``?api_key=...``), which is taken out of the URL.
             output_format (str): ``"wav"`` or ``"pcm"`` audio from the server. Defaults to wav.
             word_timestamps (bool): Ask for word timings and declare an aligned transcript.
             http_session (aiohttp.ClientSession, optional): Session to open the socket with;
@@ -99,6 +106,12 @@ class TTS(tts.TTS[None]):
             max_connection_age (float): Seconds after which the socket is replaced.
             heartbeat (float, optional): WebSocket ping interval that keeps idle sockets open.
             sentences_ahead (int): Sentence requests sent before earlier ones have played.
+            unhealthy_after (float): Seconds of failing connection attempts, without a
+                break, after which the server counts as down: a new reply then fails after
+                one more attempt instead of waiting its whole ``conn_options.timeout``.
+
+        Each reply waits for a failing server (a restart, a dropped socket, a stall) at most
+        ``conn_options.timeout`` seconds in all, the framework's retries included.
         """
         if not protocol.MIN_SAMPLE_RATE <= sample_rate <= protocol.MAX_SAMPLE_RATE:
             raise ValueError(
@@ -116,13 +129,17 @@ class TTS(tts.TTS[None]):
             sample_rate=sample_rate,
             num_channels=1,
         )
+        url, url_key = take_key_from_url(websocket_url(base_url or _first_env(BASE_URL_ENV_VARS)))
+        key = api_key or os.environ.get(API_KEY_ENV_VAR) or url_key
+        if url_key is not None and key != url_key:
+            raise ValueError("base_url carries an API key that differs from api_key: give one")
         self._opts = _TTSOptions(
-            url=websocket_url(base_url or _first_env(BASE_URL_ENV_VARS)),
+            url=url,
             voice=voice,
             sample_rate=sample_rate,
             output_format=output_format,
             word_timestamps=word_timestamps,
-            api_key=api_key or os.environ.get(API_KEY_ENV_VAR) or None,
+            api_key=header_safe_key(key),
         )
         self._session = http_session
         self._owns_session = http_session is None
@@ -135,6 +152,7 @@ class TTS(tts.TTS[None]):
             connect=self._connect,
             connect_timeout=connect_timeout,
             max_age=max_connection_age,
+            outage=Outage(unhealthy_after=unhealthy_after),
         )
         self._streams: weakref.WeakSet[SynthesizeStream] = weakref.WeakSet()
 
@@ -152,7 +170,7 @@ class TTS(tts.TTS[None]):
 
     @property
     def healthy(self) -> bool:
-        """False while the server keeps refusing or dropping connections (reconnects pause)."""
+        """False once connecting has failed for ``unhealthy_after`` seconds without a break."""
         return self._shared.healthy
 
     def update_options(
@@ -218,78 +236,80 @@ class TTS(tts.TTS[None]):
         if conn.capabilities is not None and not conn.capabilities.word_timestamps:
             # the framework then shows the reply's text as written, without word timings
             self._capabilities.aligned_transcript = False
-            self._opts.word_timestamps = False
         return conn
 
-    async def _start(
+    def _synthesis(
         self,
         stream: ChunkedStream | SynthesizeStream,
-        opts: _TTSOptions,
         emitter: tts.AudioEmitter,
     ) -> SentenceSynthesis:
-        """Set up one attempt of a stream: its emitter, the shared socket, the checks.
+        """Set up one attempt of a stream: its emitter and its requests.
 
-        A retry runs this again with the input replayed, so all state is per attempt.
+        A retry runs this again with the input replayed, so all state is per attempt, but
+        the stream's patience, which the framework's retries share.
         """
         request_id = utils.shortuuid()
         streaming = isinstance(stream, SynthesizeStream)
         emitter.initialize(
             request_id=request_id,
-            sample_rate=opts.sample_rate,
+            sample_rate=stream._opts.sample_rate,
             num_channels=1,
             mime_type="audio/pcm",
             stream=streaming,
         )
         if streaming:
             emitter.start_segment(segment_id=request_id)
-        timeout = stream._conn_options.timeout
-        acquired = await self._shared.acquire(timeout)
-        stream._acquire_time = acquired.acquire_time
-        stream._connection_reused = acquired.reused
-        template = opts.template(request_id)
-        if not self._opts.word_timestamps:
-            template = replace(template, word_timestamps=False)
-        if (caps := acquired.connection.capabilities) is not None:
-            _check_supported(caps, template)
-
-        async def reconnect() -> Connection:
-            return (await self._shared.acquire(timeout)).connection
-
         return SentenceSynthesis(
-            connection=acquired.connection,
-            reconnect=reconnect,
-            template=template,
+            connections=self._shared,
+            patience=stream._patience,
+            template=stream._opts.template(request_id),
             emitter=emitter,
-            timeout=timeout,
             window=self._sentences_ahead,
+            on_connected=stream._connected,
             on_first_request=(
                 stream._mark_started if isinstance(stream, SynthesizeStream) else _nothing
             ),
         )
 
 
-class ChunkedStream(tts.ChunkedStream):
+class _StreamState:
+    """What each kind of stream keeps for itself across the framework's retries."""
+
+    _acquire_time: float
+    _connection_reused: bool
+
+    def _init_state(self, tts: TTS, conn_options: APIConnectOptions) -> None:
+        self._opts = replace(tts._opts)
+        self._patience = Patience(conn_options.timeout)
+
+    def _connected(self, acquired: Acquired) -> None:
+        # the stream's own metrics: how long it waited for the socket, and whether it was open
+        self._acquire_time = acquired.acquire_time
+        self._connection_reused = acquired.reused
+
+
+class ChunkedStream(_StreamState, tts.ChunkedStream):
     """Synthesize a whole text: its sentences are sent as pipelined requests."""
 
     def __init__(self, *, tts: TTS, input_text: str, conn_options: APIConnectOptions) -> None:
         super().__init__(tts=tts, input_text=input_text, conn_options=conn_options)
         self._tts: TTS = tts
-        self._opts = replace(tts._opts)
+        self._init_state(tts, conn_options)
 
     async def _run(self, output_emitter: tts.AudioEmitter) -> None:
-        synthesis = await self._tts._start(self, self._opts, output_emitter)
+        synthesis = self._tts._synthesis(self, output_emitter)
         await synthesis.run(_iterate(self._tts._tokenizer.tokenize(self._input_text)))
         # no flush(): the framework's end_input() sends the tail as the final frame, while a
         # flush first would make it append 10 ms of silence as a separate final marker
 
 
-class SynthesizeStream(tts.SynthesizeStream):
+class SynthesizeStream(_StreamState, tts.SynthesizeStream):
     """Synthesize text as it is pushed: each sentence is sent once it is complete."""
 
     def __init__(self, *, tts: TTS, conn_options: APIConnectOptions) -> None:
         super().__init__(tts=tts, conn_options=conn_options)
         self._tts: TTS = tts
-        self._opts = replace(tts._opts)
+        self._init_state(tts, conn_options)
 
     async def _run(self, output_emitter: tts.AudioEmitter) -> None:
         sentence_stream = self._tts._tokenizer.stream()
@@ -308,7 +328,7 @@ class SynthesizeStream(tts.SynthesizeStream):
 
         input_task = asyncio.create_task(forward_input(), name="knowlithic.input")
         try:
-            synthesis = await self._tts._start(self, self._opts, output_emitter)
+            synthesis = self._tts._synthesis(self, output_emitter)
             await synthesis.run(sentences())
         finally:
             await utils.aio.cancel_and_wait(input_task)
@@ -333,16 +353,42 @@ def websocket_url(base_url: str | None) -> str:
     return urlunsplit((scheme, parts.netloc, parts.path, parts.query, ""))
 
 
-def _check_supported(caps: protocol.Capabilities, request: protocol.TextToSpeech) -> None:
-    if caps.voices and request.voice not in caps.voices:
-        raise unsupported(f"voice {request.voice!r}; it offers {', '.join(caps.voices)}")
-    if caps.sample_rates and request.sample_rate not in caps.sample_rates:
-        rates = ", ".join(str(r) for r in caps.sample_rates)
-        raise unsupported(f"{request.sample_rate} Hz output; it offers {rates}")
-    if caps.output_formats and request.output_format not in caps.output_formats:
-        raise unsupported(
-            f"{request.output_format} output; it offers {', '.join(caps.output_formats)}"
+def take_key_from_url(url: str) -> tuple[str, str | None]:
+    """``url`` without a key in its query, and that key: it belongs in a header.
+
+    Credentials before the host (``user:secret@``) are refused: they would be sent as Basic
+    authentication, which the service does not take.
+    """
+    parts = urlsplit(url)
+    if parts.username is not None or parts.password is not None:
+        raise ValueError(
+            "the Knowlithic TTS URL must not carry credentials (user:secret@host): "
+            f"pass api_key or set {API_KEY_ENV_VAR}"
         )
+    if not parts.query:
+        return url, None
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    keys = {value for name, value in pairs if name.lower() in _KEY_PARAMETERS}
+    if len(keys) > 1:
+        raise ValueError("base_url carries more than one API key in its query")
+    query = urlencode(
+        [(name, value) for name, value in pairs if name.lower() not in _KEY_PARAMETERS]
+    )
+    url = urlunsplit((parts.scheme, parts.netloc, parts.path, query, ""))
+    return url, next(iter(keys), None)
+
+
+def header_safe_key(key: str | None) -> str | None:
+    """The key (``None`` for none), if it can travel in a header; the error never quotes it."""
+    if not key:
+        return None
+    if not all("!" <= ch <= "~" for ch in key):
+        raise ValueError(
+            "the Knowlithic API key holds a space, a line break or a character outside "
+            f"printable ASCII, so it cannot be sent in a header: check api_key or "
+            f"{API_KEY_ENV_VAR}"
+        )
+    return key
 
 
 def _first_env(names: Iterable[str]) -> str | None:

@@ -22,6 +22,8 @@ import struct
 from dataclasses import dataclass
 from typing import Final
 
+from .protocol import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
+
 _RIFF: Final = b"RIFF"
 _WAVE: Final = b"WAVE"
 _WAVE_FORMAT_PCM: Final = 1
@@ -106,6 +108,8 @@ class PayloadDecoder:
                 if rest is None:
                     return None  # still waiting for the rest of the header
                 payload = rest
+        if sample_rate and not self._in_wav:  # 0 or absent: not stated
+            _check_rate(sample_rate, "the message")
         if not self._in_wav and sample_rate and sample_rate != self._rate:
             # raw PCM whose stated rate changed: a sample split across the change is noise
             self._carry = b""
@@ -222,6 +226,16 @@ def _parse_fmt(body: bytes) -> tuple[int, int]:
         raise AudioFormatError(
             f"WAV audio must be 16-bit integer PCM (got format {audio_format}, {bits} bits)"
         )
-    if not 1 <= channels <= 8 or not 1000 <= rate <= 384_000:
-        raise AudioFormatError(f"WAV header is implausible: {channels} channels at {rate} Hz")
+    if not 1 <= channels <= 8:
+        raise AudioFormatError(f"WAV header is implausible: {channels} channels")
+    _check_rate(rate, "the WAV header")
     return rate, channels
+
+
+def _check_rate(rate: int, where: str) -> None:
+    # a stated rate is input too: 1 Hz would turn a few bytes into hours of resampled audio
+    if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
+        raise AudioFormatError(
+            f"{where} states a sample rate of {rate} Hz; a rate from {MIN_SAMPLE_RATE} to "
+            f"{MAX_SAMPLE_RATE} Hz is needed"
+        )

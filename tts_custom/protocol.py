@@ -34,6 +34,7 @@ OUTPUT_FORMATS: Final[tuple[OutputFormat, ...]] = get_args(OutputFormat)
 MIN_SAMPLE_RATE: Final = 8000
 MAX_SAMPLE_RATE: Final = 48000
 MAX_REQUEST_ID_LENGTH: Final = 128
+MAX_VOICE_LENGTH: Final = 128
 
 # Error codes the server sends.  Clients treat unknown codes as not retryable unless the
 # message says otherwise.
@@ -305,8 +306,11 @@ def decode_client_message(frame: str | bytes) -> ClientMessage:
     if not isinstance(text, str) or not _utf8(text):
         raise ProtocolError("'text' must be a string of valid Unicode", request_id=request_id)
     voice = obj.get("voice")
-    if not isinstance(voice, str) or not voice or not _utf8(voice):
-        raise ProtocolError("'voice' must be a non-empty string", request_id=request_id)
+    if not isinstance(voice, str) or not 0 < len(voice) <= MAX_VOICE_LENGTH or not _utf8(voice):
+        raise ProtocolError(
+            f"'voice' must be a string of 1 to {MAX_VOICE_LENGTH} characters",
+            request_id=request_id,
+        )
     sample_rate = obj.get("sample_rate")
     if (
         not isinstance(sample_rate, int)
@@ -503,12 +507,14 @@ def _optional_request_id(obj: Mapping[str, Any], lenient: bool = False) -> str |
         return None
     if _is_int(value):
         # the seed's client numbered its requests; servers echo them back as numbers
-        return str(value)
+        value = str(value)
     if isinstance(value, str) and 0 < len(value) <= MAX_REQUEST_ID_LENGTH and _utf8(value):
         return value
     if lenient:
         return None
-    raise ProtocolError(f"'request_id' must be a string of 1 to {MAX_REQUEST_ID_LENGTH} characters")
+    raise ProtocolError(
+        f"'request_id' must be a string (or a number) of 1 to {MAX_REQUEST_ID_LENGTH} characters"
+    )
 
 
 def _required_request_id(obj: Mapping[str, Any]) -> str:

@@ -10,18 +10,22 @@ the server stops and no late audio reaches the next turn.
 
 Because every sentence is its own request, a failure costs one sentence, not the reply: once
 the reply has begun to play, a sentence the server refused for a passing reason (busy, rate
-limited) or lost with its socket is requested again, on a new socket if need be.  When part
-of it had already played, the part already heard is skipped in the new rendition, so no
-sentence is lost and none is spoken twice.  The framework cannot do this: it gives a stream
-up once audio has played.
+limited, shutting down) or lost with its socket is requested again, on a new socket if need
+be, waiting for a restarting server within the reply's patience.  When part of it had already
+played, the part already heard is skipped in the new rendition, so no sentence is lost and
+none is spoken twice.  The framework cannot do this: it gives a stream up once audio has
+played, and retries a whole text from its start.  So once audio has played, or the reply's
+patience is spent, no error leaves here marked retryable.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterable, Awaitable, Callable
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 import numpy as np
 from livekit import rtc
@@ -30,10 +34,12 @@ from livekit.agents.types import TimedString
 
 from . import protocol
 from .alignment import align_words
+from .backoff import Patience
 from .connection import Connection, ConnectionLost, RequestChannel
-from .errors import connection_lost_error, server_error
+from .errors import connection_lost_error, did_not_come_back, final, server_error, unsupported
 from .log import logger
 from .payload import AudioFormatError, PayloadDecoder, PcmChunk
+from .shared_connection import Acquired
 
 # bounds the wait for a cancel to be written when the socket is stalled
 _CANCEL_SEND_TIMEOUT = 1.0
@@ -41,7 +47,13 @@ _CANCEL_SEND_TIMEOUT = 1.0
 _MAX_ATTEMPTS = 3
 _RETRY_DELAY = 0.1  # doubled on every further retry of the same sentence
 
-Reconnect = Callable[[], Awaitable[Connection]]
+
+class Connections(Protocol):
+    """Where connections come from (the TTS's :class:`SharedConnection`)."""
+
+    def acquire(self, timeout: float) -> Awaitable[Acquired]: ...
+
+    def invalidate(self, conn: Connection | None = None) -> None: ...
 
 
 @dataclass
@@ -118,21 +130,24 @@ class SentenceSynthesis:
     def __init__(
         self,
         *,
-        connection: Connection,
-        reconnect: Reconnect,
+        connections: Connections,
+        patience: Patience,
         template: protocol.TextToSpeech,
         emitter: tts.AudioEmitter,
-        timeout: float,
         window: int,
+        on_connected: Callable[[Acquired], None],
         on_first_request: Callable[[], None],
     ) -> None:
-        self._conn = connection
-        self._reconnect = reconnect
+        self._connections = connections
+        self._conn: Connection | None = None
+        # the server said it is shutting down: new requests go to a new connection
+        self._draining: APIError | None = None
+        self._patience = patience
         self._template = template
         self._emitter = emitter
         self._sink = AudioSink(emitter, sample_rate=template.sample_rate)
-        self._timeout = timeout
         self._window = asyncio.Semaphore(window)
+        self._on_connected = on_connected
         self._on_first_request = on_first_request
         self._queue: asyncio.Queue[_Sentence | None] = asyncio.Queue()
         self._open: list[_Sentence] = []
@@ -140,6 +155,21 @@ class SentenceSynthesis:
         self.skipped = 0  # sentences with nothing to say
 
     async def run(self, sentences: AsyncIterable[str]) -> None:
+        try:
+            await self._connect()
+            await self._run(sentences)
+        except APIError as e:
+            settled = self._settled(e)
+            if settled is e:
+                raise
+            raise settled from e
+        self._sink.flush()
+        if self.skipped and not self._sink.samples:
+            # the text had nothing to say: a short silence tells the framework the reply was
+            # spoken (as nothing) rather than lost, so it does not retry it or report an error
+            self._sink.write(_silence(self._template.sample_rate))
+
+    async def _run(self, sentences: AsyncIterable[str]) -> None:
         send = asyncio.create_task(self._send_all(sentences), name="knowlithic.send")
         play = asyncio.create_task(self._play_all(), name="knowlithic.play")
         try:
@@ -152,11 +182,47 @@ class SentenceSynthesis:
                 task.cancel()
             await asyncio.gather(send, play, return_exceptions=True)
             await self._cancel_open()
-        self._sink.flush()
-        if self.skipped and not self._sink.samples:
-            # the text had nothing to say: a short silence tells the framework the reply was
-            # spoken (as nothing) rather than lost, so it does not retry it or report an error
-            self._sink.write(_silence(self._template.sample_rate))
+
+    def _settled(self, error: APIError) -> APIError:
+        """What the framework may do with ``error``: retry only before any audio played and
+        while the reply's patience lasts, or the caller would hear the start twice, or wait
+        once per retry."""
+        if error.retryable and (self._sink.samples or self._patience.spent(time.monotonic())):
+            return final(error)
+        return error
+
+    async def _connect(self) -> None:
+        """The connection for the first request (a retry of the stream calls this again)."""
+        began = time.monotonic()
+        try:
+            acquired = await self._connections.acquire(self._patience.left(began))
+        except APIError:
+            self._patience.fault(began)
+            raise
+        self._on_connected(acquired)
+        self._use(acquired.connection)
+
+    async def _reconnect(self) -> None:
+        """A new connection, after the server dropped the last one or said it shuts down."""
+        old = self._conn
+        assert old is not None
+        fault = old.lost_error() if old.closed else self._draining
+        began = time.monotonic()
+        self._patience.fault(began)
+        self._connections.invalidate(old)
+        try:
+            acquired = await self._connections.acquire(self._patience.left(began))
+        except APIError as e:
+            raise did_not_come_back(fault, e) if fault is not None else e from None
+        self._use(acquired.connection)
+
+    def _use(self, conn: Connection) -> None:
+        if (caps := conn.capabilities) is not None:
+            check_supported(caps, self._template)
+            if not caps.word_timestamps and self._template.word_timestamps:
+                self._template = replace(self._template, word_timestamps=False)
+        self._conn = conn
+        self._draining = None
 
     async def _send_all(self, sentences: AsyncIterable[str]) -> None:
         count = 0
@@ -180,8 +246,10 @@ class SentenceSynthesis:
 
     async def _request(self, sentence: _Sentence) -> None:
         """Send (or send again) one sentence's request on the current connection."""
-        if self._conn.closed:
-            self._conn = await self._reconnect()
+        assert self._conn is not None
+        if self._conn.closed or self._draining:
+            await self._reconnect()
+            assert self._conn is not None
         request_id = f"{self._template.request_id}-{self._requests}"
         self._requests += 1
         sentence.attempts += 1
@@ -214,16 +282,18 @@ class SentenceSynthesis:
                 # (with its error events and pacing); after it, only we can
                 if (
                     not self._sink.samples
-                    or not _worth_retrying(e)
+                    or not e.retryable
+                    or self._patience.spent(time.monotonic())
                     or sentence.attempts >= _MAX_ATTEMPTS
                 ):
                     raise
                 logger.info(
                     "requesting a sentence again after: %s",
-                    e,
+                    e.message,
                     extra={"sentence": sentence.index, "played_samples": sentence.played},
                 )
-            await asyncio.sleep(_RETRY_DELAY * 2 ** (sentence.attempts - 1))
+            delay = _RETRY_DELAY * 2 ** (sentence.attempts - 1)
+            await asyncio.sleep(min(delay, self._patience.left(time.monotonic())))
             await self._request(sentence)
             # sentences sent ahead on a socket that died are asked for again now, not on
             # their turn, so the server renders them while this one plays
@@ -236,9 +306,17 @@ class SentenceSynthesis:
         channel = sentence.channel
         decoder = PayloadDecoder(sample_rate=self._template.sample_rate)
         self._sink.skip(sentence.played)  # a new rendition resumes where the last one stopped
+        patience = self._patience
         while True:
-            event = await channel.receive(self._timeout)
+            began = time.monotonic()
+            try:
+                event = await channel.receive(patience.left(began))
+            except APITimeoutError:
+                patience.fault(began)  # a stall: the whole wait was the fault
+                raise
             if isinstance(event, protocol.Audio):
+                if patience.since is not None:
+                    patience.recovered()
                 try:
                     chunk = decoder.feed(event.data, sample_rate=event.sample_rate)
                 except AudioFormatError as e:
@@ -253,14 +331,22 @@ class SentenceSynthesis:
                 self._push_words(sentence, event)
             elif isinstance(event, protocol.Complete):
                 if event.cancelled:
+                    patience.fault(time.monotonic())
                     raise APIConnectionError("Knowlithic TTS cancelled the request itself")
                 if decoder.pending_bytes:
                     logger.debug("dropping %d bytes of a partial sample", decoder.pending_bytes)
                 self._sink.skip(0)
                 return
             elif isinstance(event, protocol.Error):
-                raise server_error(event)
+                patience.fault(time.monotonic())
+                error = server_error(event)
+                if event.code == protocol.ERR_SHUTTING_DOWN:
+                    # it finishes what it has, takes nothing new: ask elsewhere (or once back)
+                    self._connections.invalidate(self._conn)
+                    self._draining = error
+                raise error
             elif isinstance(event, ConnectionLost):
+                patience.fault(time.monotonic())
                 raise connection_lost_error(event.close_code, event.reason)
 
     def _push_words(self, sentence: _Sentence, event: protocol.WordTimestamps) -> None:
@@ -275,7 +361,7 @@ class SentenceSynthesis:
             )
 
     def _max_text_length(self) -> int | None:
-        caps = self._conn.capabilities
+        caps = self._conn.capabilities if self._conn is not None else None
         return caps.max_text_length if caps is not None else None
 
     async def _cancel_open(self) -> None:
@@ -303,9 +389,17 @@ def _silence(sample_rate: int) -> PcmChunk:
     return PcmChunk(pcm=bytes(2 * samples), sample_rate=sample_rate, num_channels=1)
 
 
-def _worth_retrying(error: APIError) -> bool:
-    # a timeout means the server is stuck: asking it again would only double the wait
-    return error.retryable and not isinstance(error, APITimeoutError)
+def check_supported(caps: protocol.Capabilities, request: protocol.TextToSpeech) -> None:
+    """Refuse, before sending it, a request the server's capabilities rule out."""
+    if caps.voices and request.voice not in caps.voices:
+        raise unsupported(f"voice {request.voice!r}; it offers {', '.join(caps.voices)}")
+    if caps.sample_rates and request.sample_rate not in caps.sample_rates:
+        rates = ", ".join(str(r) for r in caps.sample_rates)
+        raise unsupported(f"{request.sample_rate} Hz output; it offers {rates}")
+    if caps.output_formats and request.output_format not in caps.output_formats:
+        raise unsupported(
+            f"{request.output_format} output; it offers {', '.join(caps.output_formats)}"
+        )
 
 
 def _fit(text: str, limit: int | None) -> list[str]:

@@ -13,6 +13,7 @@ from aiohttp import web
 from .app import create_app, server_state, stop
 from .config import ServerConfig, load_config
 from .engine import Engine
+from .httplog import runner_options
 
 _LOG = logging.getLogger("tts_server")
 
@@ -31,6 +32,7 @@ async def serve(config: ServerConfig) -> None:
         handle_signals=False,
         # stop() drains the WebSockets first; this only bounds aiohttp's wait for plain HTTP.
         shutdown_timeout=5.0,
+        **runner_options(),
     )
     await runner.setup()
     try:
@@ -62,14 +64,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     # piper logs every text it speaks at DEBUG: user text stays out of the log at any level.
     logging.getLogger("piper").setLevel(max(logging.INFO, logging.getLogger().level))
-    if config.max_message_size < 4 * config.max_text_length + 1024:
-        _LOG.warning(
-            "--max-message-size %d is below what a text of --max-text-length %d characters "
-            "can take in UTF-8 JSON; such requests close the connection (1009) instead of "
-            "getting a text_too_long error",
-            config.max_message_size,
-            config.max_text_length,
-        )
     try:
         asyncio.run(serve(config))
     except OSError as e:  # e.g. the port is in use

@@ -74,6 +74,13 @@ class Streams:
     window too, so the sentences a client sent ahead of the refused first one are refused
     with it: a reply is admitted or refused as a whole.  ``limit`` 0 is no limit.  Idle and
     refused streams expire lazily, on the next look at the books.
+
+    A place is *held* by a stream with a request in flight, or whose listener is still
+    hearing the audio it was sent (estimated): that is a reply in progress.  An idle stream
+    past that point costs nothing and holds nothing: when a new reply needs a place and every
+    place is taken, the one that has been silent longest yields it (:meth:`make_room`).  If
+    its next sentence comes after all, it is a new reply, admitted if there is room.  So a
+    client cycling short replies through many stream ids cannot lock others out.
     """
 
     def __init__(
@@ -92,8 +99,36 @@ class Streams:
         return len(self._streams) + self._anonymous
 
     @property
+    def held(self) -> int:
+        """Places held: streams with requests in flight or audio still playing, see above."""
+        self._expire()
+        now = self._clock()
+        return self._anonymous + sum(not self._yields(s, now) for s in self._streams.values())
+
+    @property
     def full(self) -> bool:
-        return 0 < self.limit <= self.active
+        """Whether a new stream would be refused: every place is held."""
+        return 0 < self.limit <= self.held
+
+    def make_room(self) -> bool:
+        """Free a place for a new stream if all are taken, from the longest-silent idle one.
+
+        Call it when admitting a new stream (after checking :attr:`full`); True if a stream
+        yielded its place.
+        """
+        if not 0 < self.limit <= self.active:
+            return False
+        now = self._clock()
+        idle = [(k, s) for k, s in self._streams.items() if self._yields(s, now)]
+        if not idle:
+            return False
+        key, _ = min(idle, key=lambda item: max(item[1].idle_since, item[1].playout_end))
+        del self._streams[key]
+        return True
+
+    @staticmethod
+    def _yields(stream: _Stream, now: float) -> bool:
+        return stream.in_flight == 0 and stream.playout_end <= now
 
     def admitted(self, key: StreamKey | None) -> bool:
         """Whether ``key`` names a stream that is active now (so its requests need no room)."""

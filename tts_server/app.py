@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import ipaddress
 import logging
+import socket
 from dataclasses import dataclass
+from typing import Final
 
 from aiohttp import web
 
@@ -34,6 +37,11 @@ class _Runtime:
 
 
 _RUNTIME = web.AppKey("runtime", _Runtime)
+# Unsent bytes the kernel keeps per connection (TCP_NOTSENT_LOWAT).  Without it, send buffers
+# autotune to megabytes, so a client that stops reading is noticed (--send-timeout) only
+# after seconds of audio pile up in them; bytes in flight are not counted, so a long fat
+# link loses no throughput.
+_UNSENT_BYTES: Final = 64 * 1024
 
 
 def create_app(config: ServerConfig, engine: Engine | None = None) -> web.Application:
@@ -185,7 +193,8 @@ async def _websocket(request: web.Request) -> web.StreamResponse:
     ws = web.WebSocketResponse(
         protocols=(protocol.SUBPROTOCOL,),
         heartbeat=config.heartbeat or None,
-        max_msg_size=config.max_message_size,
+        # aiohttp refuses a message of exactly max_msg_size bytes; the flag is the largest taken.
+        max_msg_size=config.max_message_size + 1,
         # Audio does not compress, and deflate would cost CPU the synthesis needs.
         compress=False,
     )
@@ -212,6 +221,10 @@ async def _websocket(request: web.Request) -> web.StreamResponse:
     binary = ws.ws_protocol == protocol.SUBPROTOCOL
     client = _client_key(request)
     transport = request.transport
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is not None and hasattr(socket, "TCP_NOTSENT_LOWAT"):
+        with contextlib.suppress(OSError):  # not TCP (a Unix socket), or an older kernel
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, _UNSENT_BYTES)
     session = Session(
         ws,
         state,
@@ -245,6 +258,7 @@ async def _health(request: web.Request) -> web.Response:
             "voices": list(state.voice_names),
             "active_connections": len(state.sessions),
             "active_streams": state.streams.active,
+            "held_streams": state.streams.held,
             "max_streams": state.streams.limit or None,
             "active_requests": state.capacity.in_use,
             "max_requests": state.capacity.limit,

@@ -13,12 +13,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from tts_custom import protocol
+
 BUNDLED_VOICE: Final = "joe"
 # Replies spoken at once.  bench/server_capacity.py measured 10 kept real-time (first audio
 # p95 under 400 ms, no gap in playback) on 2 cores with the default flags, and as many with
 # the server pinned to one core: the limit is not proportional to cores, so it is a number,
 # with a fifth of headroom for whatever else the machine runs (docs/server.md, "Capacity").
 DEFAULT_MAX_STREAMS: Final = 8
+# Voice names and aliases stay within what a request may name (so every valid request has a
+# size bound: min_message_size).
+MAX_VOICE_LENGTH: Final = protocol.MAX_VOICE_LENGTH
 
 
 @dataclass(frozen=True)
@@ -40,7 +45,9 @@ class ServerConfig:
     workers: int = 2
     onnx_threads: int = 0
     max_text_length: int = 5000
-    max_message_size: int = 64 * 1024
+    # Twice the minimum for the default text length (min_message_size(5000) is 65,632 bytes),
+    # rounded to a power of two: room for clients that format their JSON loosely.
+    max_message_size: int = 128 * 1024
     max_requests_per_connection: int = 8
     max_requests: int = 32
     # Replies (streams) spoken at once; 0 is no limit.
@@ -51,6 +58,7 @@ class ServerConfig:
     rate_burst: int = 60
     shutdown_grace: float = 10.0
     heartbeat: float = 20.0
+    send_timeout: float = 5.0
     sentence_silence: float = 0.25
     chunk_ms: int = 40
     loudness_dbfs: float = -21.0
@@ -62,6 +70,20 @@ class ServerConfig:
 
 
 _DEFAULTS: Final = ServerConfig()
+
+
+def min_message_size(max_text_length: int) -> int:
+    """The largest valid ``text_to_speech`` message, in bytes, for this text limit.
+
+    JSON may escape any character: ``\\uXXXX`` is 6 bytes, a character outside the BMP a
+    surrogate pair of 12, yet it counts as one character against the limit.  So 12 bytes for
+    each character of the text, request_id, stream_id and voice (128 each, in the protocol);
+    1 KiB covers the rest: the keys and fixed values escaped the same
+    way take 583 bytes, which leaves 441 for whitespace.  Fields the protocol does not define
+    are not counted.
+    """
+    ids = 2 * protocol.MAX_REQUEST_ID_LENGTH + MAX_VOICE_LENGTH
+    return 12 * (max_text_length + ids) + 1024
 
 
 def _positive_int(text: str) -> int:
@@ -124,6 +146,8 @@ def _parse_voices(values: Sequence[str]) -> tuple[VoiceSpec, ...]:
             if not name or not path.strip():
                 raise ValueError(f"voice {item!r}: give NAME=MODEL.onnx")
             spec = VoiceSpec(name, Path(path.strip()))
+        if len(name) > MAX_VOICE_LENGTH:
+            raise ValueError(f"voice names are at most {MAX_VOICE_LENGTH} characters")
         if name in specs:
             raise ValueError(f"voice {name!r} is given twice")
         specs[name] = spec
@@ -145,6 +169,8 @@ def _parse_aliases(
             raise ValueError(f"alias {alias!r} points to {target!r}, which is not a loaded voice")
         if alias in names:
             raise ValueError(f"alias {alias!r} would hide the voice of the same name")
+        if len(alias) > MAX_VOICE_LENGTH:
+            raise ValueError(f"aliases are at most {MAX_VOICE_LENGTH} characters")
         aliases[alias] = target
     return tuple(sorted(aliases.items()))
 
@@ -273,7 +299,9 @@ def build_parser(
         "--max-message-size",
         "MAX_MESSAGE_SIZE",
         "Largest WebSocket message accepted, in bytes; a larger one closes the connection "
-        "with code 1009.",
+        "with code 1009. It may not be below what a valid request with a text of "
+        f"--max-text-length characters can take (12 bytes a character, plus "
+        f"{min_message_size(0)}): the server refuses to start.",
         default=d.max_message_size,
         convert=_positive_int,
     )
@@ -306,7 +334,8 @@ def build_parser(
         "--stream-idle-window",
         "STREAM_IDLE_WINDOW",
         "Seconds a stream stays admitted after its last request ended, waiting for the "
-        "reply's next sentence; then its place is free.",
+        "reply's next sentence; then its place is free. Once its audio has played, an idle "
+        "stream gives its place to a new reply that finds the server full.",
         default=d.stream_idle_window,
         convert=_non_negative_float,
     )
@@ -345,6 +374,15 @@ def build_parser(
         "Seconds between WebSocket pings to each client (a client that misses the pong is "
         "dropped); 0 disables.",
         default=d.heartbeat,
+        convert=_non_negative_float,
+    )
+    add(
+        "--send-timeout",
+        "SEND_TIMEOUT",
+        "Seconds one message to a client may wait for the client to take earlier ones; a "
+        "client that takes less in that time has stopped reading: its connection is dropped "
+        "and its requests end, freeing their capacity. 0 disables.",
+        default=d.send_timeout,
         convert=_non_negative_float,
     )
     add(
@@ -436,6 +474,13 @@ def load_config(
             api_key = Path(ns.api_key_file).read_text(encoding="utf-8").strip() or None
             if api_key is None:
                 raise ValueError("--api-key-file: the file is empty")
+        minimum = min_message_size(ns.max_text_length)
+        if ns.max_message_size < minimum:
+            raise ValueError(
+                f"--max-message-size {ns.max_message_size} is below {minimum}, the size of the "
+                f"longest valid request with --max-text-length {ns.max_text_length}: give at "
+                f"least {minimum}, or a lower --max-text-length"
+            )
         if ns.log_level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             raise ValueError(f"--log-level: unknown level {ns.log_level!r}")
     except (ValueError, OSError) as e:
@@ -459,6 +504,7 @@ def load_config(
         rate_burst=ns.rate_burst,
         shutdown_grace=ns.shutdown_grace,
         heartbeat=ns.heartbeat,
+        send_timeout=ns.send_timeout,
         sentence_silence=ns.sentence_silence,
         chunk_ms=ns.chunk_ms,
         loudness_dbfs=ns.loudness,

@@ -46,7 +46,8 @@ class Metrics:
         )
         self.streams = Counter(
             "knowlithic_tts_streams",
-            "New streams by admission outcome (admitted, or refused with busy).",
+            "New streams by admission outcome (admitted, or refused with busy), and idle "
+            "streams that yielded their place to a new one (yielded).",
             ["outcome"],
             registry=self.registry,
         )

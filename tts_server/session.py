@@ -74,7 +74,7 @@ class ServerState:
 
     @property
     def full(self) -> bool:
-        """Whether a new stream would be refused with busy."""
+        """Whether a new stream would be refused with busy (idle streams yield their place)."""
         return self.streams.full or self.capacity.full
 
     @property
@@ -171,6 +171,7 @@ class Session:
         self.binary_audio = binary_audio
         self._requests: dict[str, _Request] = {}
         self._send_lock = asyncio.Lock()
+        self._gone = False  # dropped for not reading: nothing more is sent
 
     @property
     def in_flight(self) -> int:
@@ -293,6 +294,8 @@ class Session:
             metrics.streams.labels("refused").inc()
             streams.refuse(stream)
             return False
+        if streams.make_room():
+            metrics.streams.labels("yielded").inc()
         metrics.streams.labels("admitted").inc()
         return True
 
@@ -449,15 +452,36 @@ class Session:
     async def _send(self, msg: protocol.ServerMessage) -> None:
         frame = protocol.encode_server_message(msg, binary_audio=self.binary_audio)
         async with self._send_lock:
-            if self.ws.closed:
+            if self.ws.closed or self._gone:
                 raise _ConnectionGone
             try:
-                if isinstance(frame, bytes):
-                    await self.ws.send_bytes(frame)
-                else:
-                    await self.ws.send_str(frame)
+                # aiohttp waits here only once the kernel and transport buffers are full.
+                async with asyncio.timeout(self.state.config.send_timeout or None):
+                    if isinstance(frame, bytes):
+                        await self.ws.send_bytes(frame)
+                    else:
+                        await self.ws.send_str(frame)
+            except TimeoutError:
+                self._drop_stalled()
+                raise _ConnectionGone from None
             except (ConnectionError, RuntimeError) as e:
                 raise _ConnectionGone from e
+
+    def _drop_stalled(self) -> None:
+        """The client stopped reading: free its requests' places now, not at the heartbeat."""
+        self._gone = True
+        _LOG.info(
+            "connection from %s stopped reading (a send waited %.1f s): dropping it and its "
+            "%d requests",
+            self.client,
+            self.state.config.send_timeout,
+            len(self._requests),
+        )
+        self._abort()
+        current = asyncio.current_task()
+        for request in list(self._requests.values()):
+            if request.task is not current:
+                request.stop("closed")
 
     async def _send_error(self, code: str, message: str, request_id: str | None) -> None:
         self.state.metrics.errors.labels(code).inc()

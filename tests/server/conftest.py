@@ -17,6 +17,7 @@ from aiohttp.test_utils import TestServer
 from tts_custom import protocol
 from tts_server.app import create_app
 from tts_server.engine import Engine
+from tts_server.httplog import runner_options
 
 from .helpers import BASE_CONFIG, Client, Connect, RunningServer, StartServer
 
@@ -35,7 +36,7 @@ async def start_server(engine: Engine) -> AsyncIterator[StartServer]:
     async def start(**overrides: Any) -> RunningServer:
         config = replace(BASE_CONFIG, **overrides)
         server = TestServer(create_app(config, engine), host="127.0.0.1")
-        await server.start_server()
+        await server.start_server(**runner_options())  # logs as `python -m tts_server` does
         servers.append(server)
         return RunningServer(server, config)
 

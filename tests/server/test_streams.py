@@ -58,14 +58,66 @@ def test_the_idle_window_keeps_a_finished_stream_then_releases_it() -> None:
     a = ("client", "a")
     streams.begin(a, 1.0)
     streams.end(a)
-    clock.now += 1.9
-    assert streams.admitted(a) and full(streams)  # its next sentence may still come
+    clock.now += 0.5
+    assert full(streams)  # its listener is still hearing its audio
+    clock.now += 1.4
+    assert streams.admitted(a)  # its next sentence may still come...
+    assert not full(streams)  # ...but its place would go to a new reply (see below)
     streams.begin(a, 1.0)
     streams.end(a)
     clock.now += 1.9  # the window counts from the last request's end
     assert streams.admitted(a)
     clock.now += 0.2
     assert not streams.admitted(a) and streams.active == 0 and not full(streams)
+
+
+def test_an_idle_stream_yields_its_place_to_a_new_reply_longest_silent_first() -> None:
+    clock = Clock()
+    streams = Streams(limit=2, idle_window=2.0, clock=clock)
+    a, b, c = ("client", "a"), ("client", "b"), ("client", "c")
+    streams.begin(a, 0.1)
+    streams.end(a)
+    clock.now += 0.2
+    streams.begin(b, 0.1)
+    streams.end(b)
+    clock.now += 0.2  # both idle, their audio played: nothing is held
+    assert streams.active == 2 and streams.held == 0 and not full(streams)
+    assert streams.make_room()  # c needs a place: a, silent longest, gives up its own
+    streams.begin(c, 0.1)
+    assert not streams.admitted(a) and streams.admitted(b) and streams.admitted(c)
+    # a's next sentence is a new reply: admitted, as there is room (b yields)
+    assert not full(streams) and streams.make_room()
+    streams.begin(a, 0.1)
+    assert streams.admitted(a) and not streams.admitted(b) and streams.active == 2
+
+
+def test_a_stream_at_work_or_still_playing_never_yields() -> None:
+    clock = Clock()
+    streams = Streams(limit=2, idle_window=10.0, clock=clock)
+    working, playing = ("client", "working"), ("client", "playing")
+    streams.begin(working, 0.1)
+    streams.begin(playing, 5.0)  # five seconds of audio, synthesized at once
+    streams.end(playing)
+    clock.now += 1.0  # working's request is still in flight; playing's audio still plays
+    assert streams.held == 2 and full(streams) and not streams.make_room()
+    clock.now += 4.5  # playing's listener has heard it all: now it may yield
+    assert not full(streams) and streams.make_room()
+    assert streams.admitted(working) and not streams.admitted(playing)
+
+
+def test_room_is_made_only_when_every_place_is_taken() -> None:
+    clock = Clock()
+    streams = Streams(limit=3, idle_window=2.0, clock=clock)
+    a = ("client", "a")
+    streams.begin(a, 0.1)
+    streams.end(a)
+    clock.now += 1.0
+    assert not streams.make_room() and streams.admitted(a)  # a free place is left
+    streams.begin(None, 0.1)
+    streams.begin(None, 0.1)  # requests without a stream id hold a place while in flight
+    assert streams.held == 2 and not full(streams)
+    assert streams.make_room() and not streams.admitted(a)
+    assert not Streams(limit=0, idle_window=2.0).make_room()  # no limit: nothing to make
 
 
 def test_requests_without_a_stream_id_are_streams_of_their_own() -> None:

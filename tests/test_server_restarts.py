@@ -1,0 +1,203 @@
+"""The real TTS server killed and started again mid-call, as Docker or Kubernetes restart it.
+
+Each test runs ``python -m tts_server`` as a process of its own (deterministic synthesis, so
+a resumed reply can be compared with an undisturbed one), kills it with SIGKILL or freezes
+it with SIGSTOP, and starts a new process on the same port, which listens again 1-2 s later
+once it has loaded its voice.  What the caller must feel: a pause, never a lost or repeated
+sentence, never a turn refused by a server that is back, and never more silence than the
+reply's timeout before the session hears of a fault.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+from livekit.agents import APIConnectionError, APIConnectOptions, APITimeoutError
+from livekit.agents.tts import TTSError
+
+from tests.plugin_helpers import Spoken, speak
+from tests.server.asr import normalize, transcribe, word_errors
+from tests.server_process import DETERMINISTIC, ServerProcess
+from tts_custom.knowlithictts import TTS
+from tts_custom.shared_connection import WAITING_CAP
+
+BYTES_PER_SECOND = 2 * 16000
+LONG_REPLY = (
+    "The first sentence of a long reply is spoken here for a while. "
+    "The second sentence follows it and goes on for a few seconds too. "
+    "A third sentence keeps the listener busy with more words to hear. "
+    "The fourth sentence is still part of the very same reply. "
+    "Then a fifth sentence comes along before the end. "
+    "And the sixth sentence closes the reply at last."
+)
+SHORT = "Yes, I can hear you again."
+# what the worker uses (agent.tts_connect_options with the default KNOWLITHIC_TIMEOUT)
+WORKER = APIConnectOptions(max_retry=3, retry_interval=0.5, timeout=5.0)
+
+
+@pytest.fixture
+async def tts_server() -> AsyncIterator[ServerProcess]:
+    server = ServerProcess(*DETERMINISTIC, "--log-level", "INFO")
+    await server.start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+async def tts(tts_server: ServerProcess) -> AsyncIterator[TTS]:
+    plugin = TTS(base_url=tts_server.url)
+    yield plugin
+    await plugin.aclose()
+
+
+def collect_errors(plugin: TTS) -> list[TTSError]:
+    errors: list[TTSError] = []
+    plugin.on("error", errors.append)
+    return errors
+
+
+@pytest.mark.parametrize("kill_after", [0.5, 3.0])
+async def test_a_restart_mid_reply_costs_a_pause_not_the_reply(
+    kill_after: float, tts_server: ServerProcess, tts: TTS
+) -> None:
+    reference = await speak(tts, LONG_REPLY)
+    errors = collect_errors(tts)
+    spoken = Spoken()
+    restart: asyncio.Task[float] | None = None
+    heard_before_kill = 0
+    try:
+        async with tts.stream(conn_options=WORKER) as stream:
+            stream.push_text(LONG_REPLY)
+            stream.end_input()
+            async for event in stream:
+                spoken.add(event)
+                if restart is None and len(spoken.pcm) >= kill_after * BYTES_PER_SECOND:
+                    heard_before_kill = len(spoken.pcm)
+                    restart = asyncio.create_task(tts_server.restart())
+    finally:
+        down = await restart if restart is not None else 0.0  # never leave it half-started
+    assert 0.5 < down < 4.0  # a real restart: a new process loaded its voice
+    assert not errors
+    # nothing lost, nothing twice: as long as the undisturbed reply, and the same up to the
+    # kill (the rest is the new process's rendition, resumed where the caller stopped)
+    assert abs(len(spoken.pcm) - len(reference.pcm)) <= 0.05 * BYTES_PER_SECOND
+    assert spoken.pcm[:heard_before_kill] == reference.pcm[:heard_before_kill]
+    heard, undisturbed = normalize(transcribe(spoken.pcm)), normalize(transcribe(reference.pcm))
+    assert word_errors(undisturbed, heard) <= 2
+
+
+async def _first_audio_at(plugin: TTS, text: str, options: APIConnectOptions) -> float:
+    """When the first audio of ``text`` arrived; the reply is read to its end."""
+    first = 0.0
+    async with plugin.stream(conn_options=options) as stream:
+        stream.push_text(text)
+        stream.end_input()
+        async for _ in stream:
+            first = first or time.monotonic()
+    return first
+
+
+async def test_turns_during_and_after_a_restart_are_served_as_soon_as_it_listens(
+    tts_server: ServerProcess, tts: TTS
+) -> None:
+    await speak(tts, SHORT)
+    errors = collect_errors(tts)
+    await tts_server.kill()
+    starting = asyncio.create_task(tts_server.start())
+    # three turns arrive while nothing listens: they wait for the server, not fail at once
+    firsts = await asyncio.gather(*(_first_audio_at(tts, SHORT, WORKER) for _ in range(3)))
+    await starting
+    for first in firsts:
+        # used as soon as it accepts: at most one pause between attempts after it listens
+        assert first - tts_server.ready_at < WAITING_CAP + 0.5
+    # and the turns after it are served on the same new socket, with no cool-down
+    for _ in range(3):
+        await speak(tts, SHORT, conn_options=WORKER)
+    assert tts.healthy
+    assert not errors
+
+
+async def test_a_frozen_server_reaches_the_session_within_the_timeout_whatever_the_retries(
+    tts_server: ServerProcess, tts: TTS
+) -> None:
+    await speak(tts, SHORT)  # the socket is open
+    # the framework's own retry settings: four attempts, two seconds apart
+    options = APIConnectOptions(max_retry=3, retry_interval=2.0, timeout=2.0)
+    errors = collect_errors(tts)
+    fresh = TTS(base_url=tts_server.url)  # its handshake will hang
+    tts_server.freeze()  # the kernel still accepts; the process answers nothing
+    try:
+        for plugin in (tts, fresh):
+            started = time.monotonic()
+            with pytest.raises(APITimeoutError) as info:
+                await speak(plugin, SHORT, conn_options=options)
+            assert time.monotonic() - started < options.timeout + 0.5
+            assert not info.value.retryable
+    finally:
+        tts_server.thaw()
+        await fresh.aclose()
+    assert [e.recoverable for e in errors] == [False]  # one error, no retry on top
+    assert (await speak(tts, SHORT)).pcm  # thawed: the next turn is spoken
+
+
+async def test_the_workers_timeout_bounds_the_silence_of_a_frozen_server(
+    tts_server: ServerProcess, tts: TTS
+) -> None:
+    await speak(tts, SHORT)
+    tts_server.freeze()
+    try:
+        started = time.monotonic()
+        with pytest.raises(APITimeoutError):
+            await speak(tts, SHORT, conn_options=WORKER)
+        assert WORKER.timeout - 0.1 <= time.monotonic() - started < WORKER.timeout + 0.5
+    finally:
+        tts_server.thaw()
+
+
+@pytest.mark.parametrize("comes_back", [False, True])
+async def test_a_graceful_shutdown_mid_reply_says_so_or_resumes(
+    comes_back: bool, tts_server: ServerProcess
+) -> None:
+    # grace 0: requests in flight end at once with shutting_down, then the socket closes 1001
+    server = ServerProcess(*DETERMINISTIC, "--shutdown-grace", "0", port=tts_server.port)
+    await tts_server.stop()
+    await server.start()
+    plugin = TTS(base_url=server.url)
+    options = APIConnectOptions(max_retry=3, retry_interval=0.5, timeout=3.0)
+    try:
+        reference = await speak(plugin, LONG_REPLY)
+        spoken = Spoken()
+        stopping: asyncio.Task[None] | None = None
+
+        async def shut_down() -> None:
+            assert await server.terminate() == 0
+            if comes_back:
+                await server.start()
+
+        expected = contextlib.nullcontext() if comes_back else pytest.raises(APIConnectionError)
+        try:
+            with expected as info:
+                async with plugin.stream(conn_options=options) as stream:
+                    stream.push_text(LONG_REPLY)
+                    stream.end_input()
+                    async for event in stream:
+                        spoken.add(event)
+                        if stopping is None and len(spoken.pcm) >= 2 * BYTES_PER_SECOND:
+                            stopping = asyncio.create_task(shut_down())
+        finally:
+            if stopping is not None:
+                await stopping
+        assert stopping is not None
+        if comes_back:
+            assert abs(len(spoken.pcm) - len(reference.pcm)) <= 0.05 * BYTES_PER_SECOND
+        else:
+            assert info is not None
+            message = str(info.value)
+            assert "shut" in message and "did not come back" in message
+    finally:
+        await plugin.aclose()
+        await server.stop()
