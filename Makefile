@@ -8,7 +8,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run check lint typecheck test deploy-check image-check clean
+.PHONY: run console check lint typecheck test deploy-check image-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,12 @@ $(VENV)/.dev-deps: requirements-dev.txt requirements.txt requirements-server.txt
 run: $(VENV)/.run-deps
 	$(BIN)/python agent.py download-files
 	PATH="$(abspath $(BIN)):$$PATH" ./scripts/run-local.sh dev
+
+# Talk to the agent in this terminal (needs PortAudio: Debian libportaudio2), with the local
+# TTS server started beside it unless KNOWLITHIC_TTS_SERVER points elsewhere.
+console: $(VENV)/.run-deps
+	$(BIN)/python agent.py download-files
+	PATH="$(abspath $(BIN)):$$PATH" ./scripts/run-local.sh console
 
 check: lint typecheck test deploy-check image-check
 

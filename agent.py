@@ -33,6 +33,8 @@ from livekit.agents import (
     room_io,
     utils,
 )
+from livekit.agents.llm import LLM
+from livekit.agents.stt import STT
 from livekit.agents.tts import TTS as BaseTTS
 from livekit.agents.vad import VAD
 from livekit.agents.voice.agent_session import SessionConnectOptions
@@ -116,7 +118,7 @@ def tts_connect_options(settings: Settings) -> APIConnectOptions:
     return APIConnectOptions(max_retry=3, retry_interval=0.5, timeout=settings.tts_timeout)
 
 
-def build_turn_handling() -> TurnHandlingOptions:
+def build_turn_handling(settings: Settings) -> TurnHandlingOptions:
     return TurnHandlingOptions(
         # The v1-mini end-of-turn model runs in-process from weights bundled with
         # livekit-local-inference: no download, no network.  Left unpinned, the framework picks
@@ -124,23 +126,58 @@ def build_turn_handling() -> TurnHandlingOptions:
         # to audio rather than reading text, and languages without a tuned threshold use the
         # English one, so it suits DEEPGRAM_LANGUAGE=multi.
         turn_detection=inference.TurnDetector(version="v1-mini"),
+        endpointing={
+            "min_delay": settings.endpointing_min_delay,
+            "max_delay": settings.endpointing_max_delay,
+        },
         # "adaptive" interruption calls LiveKit Cloud inference; VAD works on any server and
         # behaves the same in dev and production.
-        interruption={"mode": "vad"},
+        interruption={
+            "mode": "vad",
+            "min_duration": settings.interruption_min_duration,
+            "false_interruption_timeout": settings.false_interruption_timeout,
+            "resume_false_interruption": True,
+        },
+        preemptive_generation={
+            "enabled": settings.preemptive_generation,
+            "preemptive_tts": settings.preemptive_tts,
+        },
     )
 
 
-def build_session(settings: Settings, *, vad: VAD, tts: BaseTTS[Any]) -> AgentSession[None]:
+def build_stt(settings: Settings) -> STT[Any]:
+    return deepgram.STT(
+        model=settings.deepgram_model,
+        language=settings.deepgram_language,
+        api_key=settings.deepgram_api_key,
+        # Off: an "mm-hm" over the agent then brings no transcript, so the agent goes on with
+        # its reply (a transcript would end it); the end-of-turn model listens to audio, so
+        # it loses nothing.  docs/conversation.md has the measurement.
+        filler_words=settings.deepgram_filler_words,
+    )
+
+
+def build_llm(settings: Settings) -> LLM[Any]:
+    return groq.LLM(model=settings.groq_model, api_key=settings.groq_api_key)
+
+
+def build_session(
+    settings: Settings,
+    *,
+    vad: VAD,
+    tts: BaseTTS[Any],
+    stt: STT[Any] | None = None,
+    llm: LLM[Any] | None = None,
+    turn_handling: TurnHandlingOptions | None = None,
+) -> AgentSession[None]:
+    """The call's session; the conversation harness swaps the STT and the LLM, which need
+    the network, and compares turn handling with the framework's own."""
     return AgentSession(
-        stt=deepgram.STT(
-            model=settings.deepgram_model,
-            language=settings.deepgram_language,
-            api_key=settings.deepgram_api_key,
-        ),
-        llm=groq.LLM(model=settings.groq_model, api_key=settings.groq_api_key),
+        stt=stt or build_stt(settings),
+        llm=llm or build_llm(settings),
         tts=tts,
         vad=vad,
-        turn_handling=build_turn_handling(),
+        turn_handling=turn_handling or build_turn_handling(settings),
         # The Knowlithic plugin sends word timings, so captions follow the audio word by word.
         use_tts_aligned_transcript=True,
         conn_options=SessionConnectOptions(tts_conn_options=tts_connect_options(settings)),
@@ -299,8 +336,29 @@ def _livekit_flags(args: Sequence[str]) -> dict[str, str]:
     return found
 
 
+PORTAUDIO_HELP: Final = (
+    "PortAudio, the sound library console mode plays and records through, is not installed; "
+    "install it (Debian/Ubuntu: sudo apt-get install libportaudio2; Fedora: sudo dnf install "
+    "portaudio; macOS: brew install portaudio) and run this again"
+)
+
+
+def check_console_audio(args: Sequence[str]) -> str | None:
+    """For ``console``: why the terminal cannot play and record sound, or None if it can."""
+    if not args or args[0] != "console" or "--help" in args:
+        return None
+    try:  # the framework's console imports it only once the worker has started
+        import sounddevice  # type: ignore[import-untyped]  # noqa: F401, PLC0415
+    except OSError:  # sounddevice raises it when it cannot load the PortAudio library
+        return PORTAUDIO_HELP
+    return None
+
+
 def main() -> None:
     load_dotenv_from_cwd()
+    if problem := check_console_audio(sys.argv[1:]):
+        print(f"{Path(sys.argv[0]).name} console: {problem}", file=sys.stderr)
+        sys.exit(1)
     try:
         check_config(sys.argv[1:], os.environ)
     except ConfigError as e:

@@ -83,6 +83,7 @@ class Settings:
     deepgram_api_key: str = field(repr=False)
     deepgram_model: str
     deepgram_language: str
+    deepgram_filler_words: bool
 
     groq_api_key: str = field(repr=False)
     groq_model: str
@@ -96,6 +97,13 @@ class Settings:
     vad_activation_threshold: float
     vad_min_speech_duration: float
     vad_min_silence_duration: float
+
+    endpointing_min_delay: float
+    endpointing_max_delay: float
+    interruption_min_duration: float
+    false_interruption_timeout: float
+    preemptive_generation: bool
+    preemptive_tts: bool
 
     noise_cancellation: bool
 
@@ -139,6 +147,7 @@ def load_settings(
         deepgram_api_key=env.secret("DEEPGRAM_API_KEY", "your Deepgram API key") or "",
         deepgram_model=env.text("DEEPGRAM_MODEL", "nova-3"),
         deepgram_language=env.text("DEEPGRAM_LANGUAGE", "multi"),
+        deepgram_filler_words=env.parse("DEEPGRAM_FILLER_WORDS", False, _boolean),
         groq_api_key=env.secret("GROQ_API_KEY", "your Groq API key") or "",
         groq_model=env.parse("GROQ_MODEL", DEFAULT_GROQ_MODEL, _groq_model),
         tts_server_url=env.url(tts_var, "the TTS server URL") or DEFAULT_TTS_SERVER,
@@ -150,10 +159,21 @@ def load_settings(
         vad_activation_threshold=env.parse("VAD_ACTIVATION_THRESHOLD", 0.5, _probability),
         vad_min_speech_duration=env.parse("VAD_MIN_SPEECH_DURATION", 0.05, _seconds),
         vad_min_silence_duration=env.parse("VAD_MIN_SILENCE_DURATION", 0.55, _seconds),
+        endpointing_min_delay=env.parse("ENDPOINTING_MIN_DELAY", 0.3, _seconds),
+        endpointing_max_delay=env.parse("ENDPOINTING_MAX_DELAY", 2.5, _seconds),
+        interruption_min_duration=env.parse("INTERRUPTION_MIN_DURATION", 0.5, _seconds),
+        false_interruption_timeout=env.parse("FALSE_INTERRUPTION_TIMEOUT", 2.0, _seconds),
+        preemptive_generation=env.parse("PREEMPTIVE_GENERATION", True, _boolean),
+        preemptive_tts=env.parse("PREEMPTIVE_TTS", False, _boolean),
         noise_cancellation=env.parse("NOISE_CANCELLATION", True, _boolean),
         prompt_source=prompt_source,
         instructions=instructions,
     )
+    if settings.endpointing_max_delay < settings.endpointing_min_delay:
+        env.problems.append(
+            "ENDPOINTING_MAX_DELAY: must not be below ENDPOINTING_MIN_DELAY "
+            f"({settings.endpointing_min_delay:g} s)"
+        )
     problems = env.problems + prompt_env.problems
     if problems:
         raise ConfigError(problems)

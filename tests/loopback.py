@@ -42,10 +42,18 @@ class LoopbackServer:
             self._server.close()
             await self._server.wait_closed()
 
+    @property
+    def open_connections(self) -> int:
+        """Connections the client has not closed yet."""
+        return len(self._writers)
+
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
         self._writers.add(writer)
-        await self._handle(reader, writer)
+        try:
+            await self._handle(reader, writer)
+        finally:
+            self._writers.discard(writer)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         raise NotImplementedError

@@ -3,7 +3,8 @@
 * :class:`HangingUpgrade` accepts the TCP connection, reads the upgrade request, and never
   answers it.
 * :class:`DeafPeer` completes the WebSocket handshake properly, then never sends anything and
-  never answers a close frame, like a process that froze.
+  never answers a close frame, like a process that froze; with ``subprotocol``, it agrees to
+  it (and then never sends the capabilities that subprotocol promises).
 """
 
 from __future__ import annotations
@@ -34,6 +35,10 @@ class HangingUpgrade(_RawServer):
 
 
 class DeafPeer(_RawServer):
+    def __init__(self, *, subprotocol: str | None = None) -> None:
+        super().__init__()
+        self._subprotocol = subprotocol
+
     async def _answer(self, request: bytes, writer: asyncio.StreamWriter) -> None:
         key = next(
             line.split(b":", 1)[1].strip()
@@ -41,8 +46,13 @@ class DeafPeer(_RawServer):
             if line.lower().startswith(b"sec-websocket-key:")
         )
         accept = base64.b64encode(hashlib.sha1(key + _WS_GUID).digest())
+        agreed = (
+            b"Sec-WebSocket-Protocol: " + self._subprotocol.encode() + b"\r\n"
+            if self._subprotocol
+            else b""
+        )
         writer.write(
             b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-            b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n"
+            b"Connection: Upgrade\r\n" + agreed + b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n"
         )
         await writer.drain()

@@ -152,3 +152,23 @@ def test_console_settings_have_no_livekit_credentials() -> None:
     settings = agent.check_config(["console", "--text"], KEYS)
     assert settings is not None
     assert settings.livekit_url is None
+
+
+def test_console_without_portaudio_says_what_to_install_in_one_line(tmp_path: Path) -> None:
+    # sounddevice raises exactly this when it cannot load the PortAudio library: a stand-in
+    # module first on the path fails the same way whether or not this machine has PortAudio
+    shadow = tmp_path / "shadow"
+    shadow.mkdir()
+    (shadow / "sounddevice.py").write_text("raise OSError('PortAudio library not found')\n")
+    result = run_agent(["console"], tmp_path, {**KEYS, "PYTHONPATH": str(shadow)})
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("agent.py console: PortAudio")
+    assert "libportaudio2" in lines[0] and "Traceback" not in result.stderr
+
+
+def test_the_portaudio_check_concerns_console_only() -> None:
+    assert agent.check_console_audio(["dev"]) is None
+    assert agent.check_console_audio(["console", "--help"]) is None
+    assert agent.check_console_audio([]) is None

@@ -40,6 +40,11 @@ SETTINGS_VARIABLES = [
     "VAD_ACTIVATION_THRESHOLD",
     "VAD_MIN_SPEECH_DURATION",
     "VAD_MIN_SILENCE_DURATION",
+    "ENDPOINTING_MIN_DELAY",
+    "ENDPOINTING_MAX_DELAY",
+    "INTERRUPTION_MIN_DURATION",
+    "FALSE_INTERRUPTION_TIMEOUT",
+    "PREEMPTIVE_GENERATION",
     "NOISE_CANCELLATION",
     "AGENT_PROMPT",
     "SYSTEM_PROMPT",
@@ -128,6 +133,11 @@ async def test_build_session_wires_every_component(monkeypatch: pytest.MonkeyPat
         KNOWLITHIC_VOICE="joe",
         KNOWLITHIC_SAMPLE_RATE="22050",
         VAD_ACTIVATION_THRESHOLD="0.6",
+        ENDPOINTING_MIN_DELAY="0.4",
+        ENDPOINTING_MAX_DELAY="2.0",
+        INTERRUPTION_MIN_DURATION="0.3",
+        FALSE_INTERRUPTION_TIMEOUT="1.5",
+        PREEMPTIVE_GENERATION="false",
     )
     vad = agent.load_vad(config)
     voice = agent.build_tts(config)
@@ -149,6 +159,14 @@ async def test_build_session_wires_every_component(monkeypatch: pytest.MonkeyPat
         assert isinstance(detector, inference.TurnDetector)
         assert detector.model == "turn-detector-v1-mini"
         assert session.interruption_detection == "vad"
+        # turn taking as the settings say (ENDPOINTING_*, INTERRUPTION_*, ...)
+        options = session.options
+        assert options.endpointing["min_delay"] == 0.4
+        assert options.endpointing["max_delay"] == 2.0
+        assert options.interruption["min_duration"] == 0.3
+        assert options.interruption["false_interruption_timeout"] == 1.5
+        assert options.interruption["resume_false_interruption"] is True
+        assert options.preemptive_generation["enabled"] is False
     finally:
         await voice.aclose()
         for component in (session.llm, session.stt):

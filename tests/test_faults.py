@@ -10,18 +10,27 @@ import time
 from collections.abc import AsyncIterator
 
 import pytest
-from livekit.agents import APIConnectionError, APIConnectOptions, APIError, APITimeoutError
+from livekit.agents import (
+    APIConnectionError,
+    APIConnectOptions,
+    APIError,
+    APIStatusError,
+    APITimeoutError,
+)
 from livekit.agents import tts as lk_tts
 
 from tests.conftest import MakeTTS
 from tests.fake_knowlithic import FakeKnowlithicServer, speech_for
-from tests.plugin_helpers import Spoken, expected_digest, speak
+from tests.plugin_helpers import Spoken, eventually, expected_digest, speak
 from tests.raw_peers import DeafPeer, HangingUpgrade
+from tts_custom import protocol
+from tts_custom.backoff import Backoff
 from tts_custom.connection import CLOSE_TIMEOUT, MAX_MESSAGE_SIZE
 
 TEXT = ("The first sentence is spoken.", "Then the second one follows.")
 QUICK = APIConnectOptions(max_retry=0, timeout=0.5)
 RETRY = APIConnectOptions(max_retry=2, retry_interval=0.05, timeout=1.0)
+PATIENT = APIConnectOptions(max_retry=3, retry_interval=0.5, timeout=5.0)  # the worker's
 
 
 @pytest.fixture
@@ -102,8 +111,6 @@ async def test_a_huge_message_drops_the_socket_and_is_recovered(
 async def test_audio_for_an_unknown_request_never_mixes_in(
     server: FakeKnowlithicServer, make_tts: MakeTTS
 ) -> None:
-    from tts_custom import protocol
-
     stray = protocol.encode_server_message(
         protocol.Audio(request_id="someone-else-0", data=b"\x7f\x7f" * 800, sample_rate=16000)
     )
@@ -239,3 +246,61 @@ async def test_100_concurrent_syntheses_through_faults_are_each_heard_at_most_on
         else:
             assert error is None and heard.digest == expected_digest(sentences)
     assert server.received.connections == 3
+
+
+async def test_a_peer_that_upgrades_and_then_says_nothing_leaks_no_socket(
+    make_tts: MakeTTS,
+) -> None:
+    # it agrees to knowlithic.v1 and never sends the capabilities that come first in it
+    peer = DeafPeer(subprotocol=protocol.SUBPROTOCOL)
+    await peer.start()
+    try:
+        tts = make_tts(base_url=peer.url, connect_timeout=0.3)
+        tts._shared._backoff = Backoff(base=0.05, cap=0.1)
+        tts.prewarm()
+        await asyncio.sleep(1.5)  # attempt after attempt times out waiting for them
+        assert peer.connections >= 3
+        assert peer.open_connections <= 1  # only the attempt under way, if any
+        await tts.aclose()
+        await eventually(lambda: peer.open_connections == 0)
+    finally:
+        await peer.aclose()
+
+
+async def test_shutting_down_on_an_old_socket_does_not_retire_the_new_one(
+    server: FakeKnowlithicServer, make_tts: MakeTTS
+) -> None:
+    # a draining server refuses the sentences sent ahead, one after another; the first
+    # refusal moves the reply to a new socket, and the later ones (on the old socket) must
+    # not retire that one too: one shutdown, one reconnect
+    sentences = [
+        "Alpha one is the first sentence here.",
+        "Bravo two follows with more words.",
+        "Charlie three keeps going on and on.",
+        "Delta four is near the end now.",
+        "Echo five closes it.",
+    ]
+    refusal = protocol.error(protocol.ERR_SHUTTING_DOWN, "the server is shutting down")
+    server.behavior.chunk_delay = 0.005
+    server.behavior.error_for = {text: refusal for text in sentences[1:4]}
+    server.behavior.max_errors = 3
+    tts = make_tts(sentences_ahead=5)
+    spoken = await speak(tts, " ".join(sentences), conn_options=PATIENT)
+    assert spoken.digest == expected_digest(sentences)
+    assert server.received.connections == 2
+
+
+async def test_the_frameworks_pause_before_a_retry_cannot_outlast_the_timeout(
+    server: FakeKnowlithicServer, make_tts: MakeTTS
+) -> None:
+    # busy at once, every time; the framework would sleep 5 s before each retry
+    refusal = protocol.error(protocol.ERR_BUSY, "the server is at capacity")
+    server.behavior.error_for = {TEXT[0]: refusal}
+    options = APIConnectOptions(max_retry=3, retry_interval=5.0, timeout=2.0)
+    tts = make_tts()
+    started = time.perf_counter()
+    with pytest.raises(APIStatusError) as info:
+        await speak(tts, TEXT[0], conn_options=options)
+    assert time.perf_counter() - started < options.timeout + 0.5
+    assert info.value.status_code == 503 and "busy" in info.value.message  # what happened
+    assert not info.value.retryable

@@ -16,12 +16,13 @@ import time
 from collections.abc import AsyncIterator
 
 import pytest
-from livekit.agents import APIConnectionError, APIConnectOptions, APITimeoutError
+from livekit.agents import APIConnectionError, APIConnectOptions, APIError, APITimeoutError
 from livekit.agents.tts import TTSError
 
-from tests.plugin_helpers import Spoken, speak
+from tests.plugin_helpers import Spoken, eventually, speak
 from tests.server.asr import normalize, transcribe, word_errors
 from tests.server_process import DETERMINISTIC, ServerProcess
+from tts_custom.backoff import STABLE_AFTER
 from tts_custom.knowlithictts import TTS
 from tts_custom.shared_connection import WAITING_CAP
 
@@ -201,3 +202,113 @@ async def test_a_graceful_shutdown_mid_reply_says_so_or_resumes(
     finally:
         await plugin.aclose()
         await server.stop()
+
+
+async def _freeze_mid_reply(
+    plugin: TTS, server: ServerProcess, options: APIConnectOptions, then: float | None
+) -> tuple[float, APIError | None]:
+    """Freeze the server once part of LONG_REPLY was heard, SIGKILL it ``then`` seconds
+    later (never back); the seconds from the freeze to the reply's end, and its error."""
+    frozen_at = 0.0
+    killing: asyncio.Task[None] | None = None
+
+    async def kill_later() -> None:
+        await asyncio.sleep(then or 0.0)
+        await server.kill()
+
+    try:
+        async with plugin.stream(conn_options=options) as stream:
+            stream.push_text(LONG_REPLY)
+            stream.end_input()
+            heard = 0.0
+            async for event in stream:
+                heard += event.frame.duration
+                if not frozen_at and heard >= 0.5:
+                    server.freeze()
+                    frozen_at = time.monotonic()
+                    if then is not None:
+                        killing = asyncio.create_task(kill_later())
+    except APIError as e:
+        return time.monotonic() - frozen_at, e
+    finally:
+        if killing is not None:
+            await killing
+    return time.monotonic() - frozen_at, None
+
+
+async def test_a_stall_then_a_dead_socket_costs_one_timeout_not_two(
+    tts_server: ServerProcess,
+) -> None:
+    # a watchdog kills the hung server 2 s into the stall: the 2 s count, the wait for a
+    # new server gets only what is left (before: the clock restarted at the kill)
+    plugin = TTS(base_url=tts_server.url)
+    options = APIConnectOptions(max_retry=3, retry_interval=0.5, timeout=3.0)
+    try:
+        waited, error = await _freeze_mid_reply(plugin, tts_server, options, then=2.0)
+    finally:
+        await plugin.aclose()
+    assert error is not None and not error.retryable
+    assert waited < options.timeout + 0.5
+
+
+async def test_a_stall_the_heartbeat_ends_costs_one_timeout(tts_server: ServerProcess) -> None:
+    # the plugin's own pings find the frozen server dead after 1.5 s: the same clock
+    plugin = TTS(base_url=tts_server.url, heartbeat=1.0)
+    options = APIConnectOptions(max_retry=3, retry_interval=0.5, timeout=3.0)
+    try:
+        waited, error = await _freeze_mid_reply(plugin, tts_server, options, then=None)
+    finally:
+        await plugin.aclose()
+        tts_server.thaw()
+    assert error is not None and not error.retryable
+    assert waited < options.timeout + 0.5
+
+
+async def test_a_socket_up_for_a_while_proves_the_server_even_unused(
+    tts_server: ServerProcess,
+) -> None:
+    # two restarts far enough apart, no turn between them: the first outage must not still
+    # be running at the second, or a turn during it would fail as "unreachable"
+    plugin = TTS(base_url=tts_server.url, unhealthy_after=4.0)
+    try:
+        await speak(plugin, SHORT)
+        await tts_server.restart()
+        await eventually(lambda: plugin._shared.current is not None, timeout=3.0)
+        await asyncio.sleep(STABLE_AFTER + 0.5)  # reopened in the background, never used
+        assert plugin.healthy
+        await tts_server.kill()
+        starting = asyncio.create_task(tts_server.start())
+        spoken = await speak(plugin, SHORT, conn_options=WORKER)  # during the second restart
+        await starting
+        assert spoken.pcm
+    finally:
+        await plugin.aclose()
+
+
+async def test_a_restart_under_eight_replies_loses_none(tts_server: ServerProcess) -> None:
+    # resumed replies ask again for their sentences all at once: over the server's limit of
+    # requests in flight on one connection (8) unless the plugin keeps to it
+    plugin = TTS(base_url=tts_server.url)
+    restart: asyncio.Task[float] | None = None
+
+    async def reply(n: int) -> Spoken:
+        nonlocal restart
+        spoken = Spoken()
+        async with plugin.stream(conn_options=WORKER) as stream:
+            stream.push_text(LONG_REPLY)
+            stream.end_input()
+            async for event in stream:
+                spoken.add(event)
+                if n == 0 and restart is None and len(spoken.pcm) >= 0.5 * BYTES_PER_SECOND:
+                    restart = asyncio.create_task(tts_server.restart())
+        return spoken
+
+    try:
+        replies = await asyncio.gather(*(reply(n) for n in range(8)), return_exceptions=True)
+    finally:
+        if restart is not None:
+            await restart
+        await plugin.aclose()
+    assert restart is not None
+    errors = [r for r in replies if isinstance(r, BaseException)]
+    assert not errors, errors

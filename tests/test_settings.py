@@ -64,6 +64,7 @@ def test_defaults() -> None:
     assert s.livekit_url == "wss://example.livekit.cloud"
     assert s.deepgram_model == "nova-3"
     assert s.deepgram_language == "multi"
+    assert s.deepgram_filler_words is False
     assert s.groq_model == DEFAULT_GROQ_MODEL == "llama-3.3-70b-versatile"
     assert s.tts_server_url == "ws://localhost:8000"
     assert s.tts_api_key is None
@@ -73,6 +74,10 @@ def test_defaults() -> None:
     assert s.vad_activation_threshold == 0.5
     assert s.vad_min_speech_duration == 0.05
     assert s.vad_min_silence_duration == 0.55
+    assert (s.endpointing_min_delay, s.endpointing_max_delay) == (0.3, 2.5)
+    assert s.interruption_min_duration == 0.5
+    assert s.false_interruption_timeout == 2.0
+    assert s.preemptive_generation is True
     assert s.noise_cancellation is True
     assert s.prompt_source == "prompts/avery.md"
     assert s.instructions == (PROMPTS_DIR / "avery.md").read_text(encoding="utf-8").strip()
@@ -255,6 +260,13 @@ def test_sample_rates(raw: str) -> None:
 def test_bad_sample_rates_are_refused(raw: str) -> None:
     line = problem_for("KNOWLITHIC_SAMPLE_RATE", KNOWLITHIC_SAMPLE_RATE=raw)
     assert "8000 to 48000" in line
+
+
+def test_the_longest_endpointing_delay_cannot_be_below_the_shortest() -> None:
+    line = problem_for(
+        "ENDPOINTING_MAX_DELAY", ENDPOINTING_MIN_DELAY="1.0", ENDPOINTING_MAX_DELAY="0.5"
+    )
+    assert "ENDPOINTING_MIN_DELAY" in line
 
 
 @pytest.mark.parametrize("raw", ["0", "-1", "61", "nan", "soon"])

@@ -20,6 +20,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
+from livekit.agents import APIError
+
 # a connection the server answered on, or that stayed up this long, proved the server healthy
 STABLE_AFTER = 5.0
 
@@ -103,6 +105,7 @@ class Patience:
 
     seconds: float
     since: float | None = None
+    error: APIError | None = None  # the last error a wait ended with
 
     def fault(self, began: float) -> None:
         """A wait that began at ``began`` failed; a fault already running keeps its start."""

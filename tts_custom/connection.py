@@ -48,6 +48,11 @@ class RequestChannel:
         self.finished = False  # its last message has arrived
         self.lost = False  # ...and that was the loss of its socket
         self.answered = asyncio.Event()  # the first message (of any kind) has arrived
+        self._slot = False  # holds one of the connection's request slots
+
+    @property
+    def connection(self) -> Connection:
+        return self._connection
 
     def _deliver(self, event: RequestEvent) -> None:
         self.answered.set()
@@ -102,8 +107,17 @@ class Connection:
         self._closing = False
         self.answered = 0  # messages the server sent for requests: proof that it works
         self.on_first_answer: Callable[[], None] | None = None
+        # the server's own limit of requests in flight on one connection: a request over it
+        # waits for a slot here rather than being refused (too_many_requests)
+        limit = capabilities.max_requests_in_flight if capabilities is not None else None
+        self._slots = asyncio.Semaphore(limit) if limit else None
+        self._gone: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._idle = asyncio.Event()
         self._idle.set()
+        # since when requests have been open with nothing heard from the server (None: none
+        # open, or it just spoke): where a stall began, if the socket then dies
+        self._owed_since: float | None = None
+        self._lost_at = 0.0
         self._recv_task = asyncio.create_task(self._recv_loop(), name="knowlithic.recv")
 
     @property
@@ -118,18 +132,46 @@ class Connection:
     def in_flight(self) -> int:
         return len(self._routes)
 
-    def open_request(self, request_id: str) -> RequestChannel:
-        """Start routing ``request_id``'s messages; call before sending the request."""
-        if self._lost is not None:
-            raise connection_lost_error(self._lost.close_code, self._lost.reason)
+    async def open_request(self, request_id: str) -> RequestChannel:
+        """Start routing ``request_id``'s messages; call before sending the request.
+
+        Waits for one of the server's request slots: that is queueing behind our own
+        requests, not a fault of the server, so it has no timeout of its own (each request
+        holding a slot ends, at the latest, when its own wait for the server times out).
+        """
+        self._raise_if_lost()
+        holds_slot = self._slots is not None and await self._acquire_slot()
         channel = RequestChannel(self, request_id)
+        channel._slot = holds_slot
+        if not self._routes:
+            self._owed_since = time.monotonic()
         self._routes[request_id] = channel
         self._idle.clear()
         return channel
 
-    async def send(self, msg: protocol.ClientMessage) -> None:
+    def _raise_if_lost(self) -> None:
         if self._lost is not None:
             raise connection_lost_error(self._lost.close_code, self._lost.reason)
+
+    async def _acquire_slot(self) -> bool:
+        """One request slot; the loss of the socket ends the wait at once."""
+        assert self._slots is not None
+        if not self._slots.locked():  # the common case: a slot is free, no task needed
+            await self._slots.acquire()
+            return True
+        acquiring = asyncio.ensure_future(self._slots.acquire())
+        try:
+            await asyncio.wait((acquiring, self._gone), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not acquiring.done():
+                acquiring.cancel()
+        if acquiring.done() and not acquiring.cancelled() and self._lost is not None:
+            self._slots.release()
+        self._raise_if_lost()
+        return True
+
+    async def send(self, msg: protocol.ClientMessage) -> None:
+        self._raise_if_lost()
         frame = protocol.encode_client_message(msg)
         try:
             async with self._send_lock:
@@ -176,12 +218,16 @@ class Connection:
             await _cancel_and_wait(self._recv_task)
 
     def _unroute(self, channel: RequestChannel) -> None:
+        if channel._slot and self._slots is not None:
+            channel._slot = False
+            self._slots.release()
         if self._routes.get(channel.request_id) is channel:
             del self._routes[channel.request_id]
         if self._last_named == channel.request_id:
             self._last_named = None
         if not self._routes:
             self._idle.set()
+            self._owed_since = None
 
     async def _recv_loop(self) -> None:
         lost = ConnectionLost(close_code=None, reason="connection closed")
@@ -212,7 +258,17 @@ class Connection:
         if not self._ws.closed:
             await self._ws.close()
 
+    @property
+    def fault_began(self) -> float:
+        """When this socket stopped serving: the start of a silence with requests owed, or
+        the moment it was lost."""
+        if self._owed_since is not None:
+            return min(self._owed_since, self._lost_at or time.monotonic())
+        return self._lost_at or time.monotonic()
+
     def _dispatch(self, frame: str | bytes) -> None:
+        if self._owed_since is not None:
+            self._owed_since = time.monotonic()
         try:
             msg = protocol.decode_server_message(frame, tagged_binary=self._tagged_binary)
         except protocol.ProtocolError as e:
@@ -266,6 +322,9 @@ class Connection:
     def _fail_all(self, lost: ConnectionLost) -> None:
         if self._lost is None:
             self._lost = lost
+            self._lost_at = time.monotonic()
+        if not self._gone.done():
+            self._gone.set_result(None)
         for channel in list(self._routes.values()):
             if not channel.finished:
                 channel._deliver(lost)
@@ -296,7 +355,12 @@ async def connect(
             )
             capabilities = None
             if ws.protocol == protocol.SUBPROTOCOL:
-                capabilities = await _read_capabilities(ws)
+                try:
+                    capabilities = await _read_capabilities(ws)
+                except BaseException:
+                    # upgraded, then silent (or cancelled): the socket is ours to close
+                    _abort(ws)
+                    raise
     except TimeoutError:
         raise APITimeoutError(
             f"timed out after {timeout:g} s connecting to Knowlithic TTS at {redact_url(url)}"
@@ -330,6 +394,13 @@ async def _read_capabilities(ws: aiohttp.ClientWebSocketResponse) -> protocol.Ca
     raise APIConnectionError(
         "Knowlithic TTS agreed to knowlithic.v1 but did not send its capabilities first"
     )
+
+
+def _abort(ws: aiohttp.ClientWebSocketResponse) -> None:
+    """Drop the socket at once, synchronously (we may be cancelled): a peer that sent
+    nothing will not answer a close frame.  aiohttp has no public abort for a client
+    WebSocket; closing its response closes the connection, as aiohttp does on errors."""
+    ws._response.close()
 
 
 def _as_int(value: object) -> int | None:

@@ -269,6 +269,7 @@ class TTS(tts.TTS[None]):
             on_first_request=(
                 stream._mark_started if isinstance(stream, SynthesizeStream) else _nothing
             ),
+            retry_pause=stream._next_retry_pause(),
         )
 
 
@@ -281,6 +282,13 @@ class _StreamState:
     def _init_state(self, tts: TTS, conn_options: APIConnectOptions) -> None:
         self._opts = replace(tts._opts)
         self._patience = Patience(conn_options.timeout)
+        self._retry_options = conn_options
+        self._attempts = 0
+
+    def _next_retry_pause(self) -> float:
+        """The framework's pause before it retries the attempt starting now (its own rule)."""
+        self._attempts += 1
+        return self._retry_options._interval_for_retry(self._attempts - 1)
 
     def _connected(self, acquired: Acquired) -> None:
         # the stream's own metrics: how long it waited for the socket, and whether it was open

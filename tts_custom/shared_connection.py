@@ -257,12 +257,19 @@ class SharedConnection:
         return conn
 
     async def _supervise(self, conn: Connection) -> None:
-        """Reopen after an unexpected drop; replace the socket before it gets too old."""
+        """Count a socket that stays up as proof the server works; reopen it after an
+        unexpected drop; replace it before it gets too old."""
+        closed = asyncio.ensure_future(conn.wait_closed())
         try:
-            await asyncio.wait_for(conn.wait_closed(), timeout=self._max_age)
-        except TimeoutError:
-            await self._refresh(conn)
-            return
+            # up for a while, used or not (a socket reopened while nobody speaks): healthy
+            if not await _done_within(closed, min(STABLE_AFTER, self._max_age)):
+                if conn is self._conn:
+                    self._proved()
+                if not await _done_within(closed, self._max_age - STABLE_AFTER):
+                    await self._refresh(conn)
+                    return
+        finally:
+            closed.cancel()
         self._dropped(conn)
 
     def _dropped(self, conn: Connection) -> None:
@@ -305,6 +312,11 @@ class SharedConnection:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
+
+
+async def _done_within(task: asyncio.Future[None], seconds: float) -> bool:
+    done, _ = await asyncio.wait((task,), timeout=max(0.0, seconds))
+    return bool(done)
 
 
 def _proved(conn: Connection) -> bool:

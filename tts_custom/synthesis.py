@@ -137,6 +137,7 @@ class SentenceSynthesis:
         window: int,
         on_connected: Callable[[Acquired], None],
         on_first_request: Callable[[], None],
+        retry_pause: float = 0.0,
     ) -> None:
         self._connections = connections
         self._conn: Connection | None = None
@@ -148,6 +149,8 @@ class SentenceSynthesis:
         self._sink = AudioSink(emitter, sample_rate=template.sample_rate)
         self._window = asyncio.Semaphore(window)
         self._on_connected = on_connected
+        # how long the framework will wait before retrying this attempt, should it fail
+        self._retry_pause = retry_pause
         self._on_first_request = on_first_request
         self._queue: asyncio.Queue[_Sentence | None] = asyncio.Queue()
         self._open: list[_Sentence] = []
@@ -185,15 +188,19 @@ class SentenceSynthesis:
 
     def _settled(self, error: APIError) -> APIError:
         """What the framework may do with ``error``: retry only before any audio played and
-        while the reply's patience lasts, or the caller would hear the start twice, or wait
-        once per retry."""
-        if error.retryable and (self._sink.samples or self._patience.spent(time.monotonic())):
+        while the reply's patience outlasts the framework's pause before its retry, or the
+        caller would hear the start twice, or wait past the timeout."""
+        self._patience.error = error
+        left = self._patience.left(time.monotonic())
+        if error.retryable and (self._sink.samples or left <= self._retry_pause):
             return final(error)
         return error
 
     async def _connect(self) -> None:
         """The connection for the first request (a retry of the stream calls this again)."""
         began = time.monotonic()
+        if self._patience.spent(began) and self._patience.error is not None:
+            raise final(self._patience.error)  # the fault that spent it, not a 0 s timeout
         try:
             acquired = await self._connections.acquire(self._patience.left(began))
         except APIError:
@@ -207,7 +214,7 @@ class SentenceSynthesis:
         old = self._conn
         assert old is not None
         fault = old.lost_error() if old.closed else self._draining
-        began = time.monotonic()
+        began = old.fault_began if old.closed else time.monotonic()
         self._patience.fault(began)
         self._connections.invalidate(old)
         try:
@@ -246,19 +253,27 @@ class SentenceSynthesis:
 
     async def _request(self, sentence: _Sentence) -> None:
         """Send (or send again) one sentence's request on the current connection."""
-        assert self._conn is not None
-        if self._conn.closed or self._draining:
-            await self._reconnect()
-            assert self._conn is not None
+        if sentence.channel is not None:
+            sentence.channel.close()  # the failed rendition gives its request slot back
         request_id = f"{self._template.request_id}-{self._requests}"
         self._requests += 1
         sentence.attempts += 1
-        channel = self._conn.open_request(request_id)
+        while True:
+            assert self._conn is not None
+            if self._conn.closed or self._draining:
+                await self._reconnect()
+            conn = self._conn
+            assert conn is not None
+            try:
+                channel = await conn.open_request(request_id)
+                break
+            except APIConnectionError:
+                if not conn.closed:
+                    raise
+                # it died while this request waited for a slot: on to the next one
         sentence.channel = channel
         try:
-            await self._conn.send(
-                replace(self._template, request_id=request_id, text=sentence.text)
-            )
+            await conn.send(replace(self._template, request_id=request_id, text=sentence.text))
         except APIConnectionError as e:
             # the player sees the loss on the channel and asks again
             channel._deliver(ConnectionLost(close_code=None, reason=str(e)))
@@ -331,22 +346,26 @@ class SentenceSynthesis:
                 self._push_words(sentence, event)
             elif isinstance(event, protocol.Complete):
                 if event.cancelled:
-                    patience.fault(time.monotonic())
+                    patience.fault(began)
                     raise APIConnectionError("Knowlithic TTS cancelled the request itself")
                 if decoder.pending_bytes:
                     logger.debug("dropping %d bytes of a partial sample", decoder.pending_bytes)
                 self._sink.skip(0)
                 return
             elif isinstance(event, protocol.Error):
-                patience.fault(time.monotonic())
+                patience.fault(began)
                 error = server_error(event)
                 if event.code == protocol.ERR_SHUTTING_DOWN:
-                    # it finishes what it has, takes nothing new: ask elsewhere (or once back)
-                    self._connections.invalidate(self._conn)
-                    self._draining = error
+                    # it finishes what it has and takes nothing new: ask elsewhere (or once it
+                    # is back).  Retire only the socket that carried the error: a sentence
+                    # sent ahead on the old one may report it after the reply moved on.
+                    self._connections.invalidate(channel.connection)
+                    if channel.connection is self._conn:
+                        self._draining = error
                 raise error
             elif isinstance(event, ConnectionLost):
-                patience.fault(time.monotonic())
+                # the server may have stopped answering long before its socket died
+                patience.fault(min(began, channel.connection.fault_began))
                 raise connection_lost_error(event.close_code, event.reason)
 
     def _push_words(self, sentence: _Sentence, event: protocol.WordTimestamps) -> None:
