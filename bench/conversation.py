@@ -53,6 +53,8 @@ _LOG = logging.getLogger("bench.conversation")
 SAMPLE_RATE: Final = 16000
 # How long the caller waits for the agent to begin a reply before giving the turn up.
 REPLY_TIMEOUT_S: Final = 20.0
+# How often the caller checks whether the agent is sounding.
+_POLL_S: Final = 0.01
 # Silence recorded after the last reply, so its end is in the recording.
 TAIL_S: Final = 1.0
 FAILED_CALL_WAV: Final = Path("failed-call.wav")
@@ -143,19 +145,19 @@ class AgentEar:
     def _finished(self, _: PlaybackFinishedEvent) -> None:
         self._changed.set()
 
-    async def reply_to(self, began: float, said_at: float, timeout: float) -> float | None:
-        """When the reply to a line the caller spoke from ``began`` to ``said_at`` began to
-        sound: audio that started during the line and still goes on (the agent cut in), or
-        the next audio to start; None if none starts within ``timeout``."""
+    async def reply_to(self, said_at: float, timeout: float) -> float | None:
+        """When the reply to a line the caller finished at ``said_at`` began to sound: audio
+        sounding then (an agent that talked over the end of the line), else the next audio
+        to sound, a paused reply resuming included; None if none within ``timeout``."""
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
-                while True:
-                    if self.playing and self.starts and self.starts[-1] >= began:
-                        return self.starts[-1]
-                    later = [t for t in self.starts if t >= said_at]
-                    if later:
-                        return later[0]
-                    await self._wait()
+                waited = False
+                while not self._output.playing:
+                    waited = True
+                    await asyncio.sleep(_POLL_S)  # a resume after a pause sends no event
+                if self.starts and self.starts[-1] >= said_at:
+                    return self.starts[-1]
+                return self._timeline.now() if waited else said_at
         return None
 
     async def quiet(self, timeout: float) -> bool:
@@ -205,7 +207,7 @@ async def drive(
 ) -> list[TurnLog]:
     """Play the caller's part, reacting to the agent as the script says."""
     logs: list[TurnLog] = []
-    if await ear.reply_to(0.0, 0.0, REPLY_TIMEOUT_S) is None:
+    if await ear.reply_to(0.0, REPLY_TIMEOUT_S) is None:
         _LOG.warning("the agent never greeted the caller")
     await ear.quiet(REPLY_TIMEOUT_S * 3)
     barging = False
@@ -219,9 +221,7 @@ async def drive(
             await caller.say(part, SAMPLE_RATE)
         log.caller_ended = timeline.now()
         logs.append(log)
-        log.reply_started = await ear.reply_to(
-            log.caller_started, log.caller_ended, REPLY_TIMEOUT_S
-        )
+        log.reply_started = await ear.reply_to(log.caller_ended, REPLY_TIMEOUT_S)
         barging = False
         if log.reply_started is None:
             _LOG.warning("no reply to turn %d", index)
@@ -402,6 +402,7 @@ def report(
                 r.measure.replies_lost_to_backchannels for r in runs
             ),
             "reply_wer": [r.measure.wer for r in runs],
+            "replies_misheard": sum(r.measure.replies_misheard for r in runs),
         },
     }
 

@@ -96,6 +96,7 @@ def row(config: Config, runs: Sequence[CallRun]) -> dict[str, Any]:
         "backchannels": sum(r.measure.backchannels for r in runs),
         "replies_lost_to_backchannels": sum(r.measure.replies_lost_to_backchannels for r in runs),
         "missed_replies": sum(r.measure.missed_replies for r in runs),
+        "replies_misheard": sum(r.measure.replies_misheard for r in runs),
         "reply_wer": [round(r.measure.wer, 3) if r.measure.wer is not None else None for r in runs],
     }
 

@@ -207,8 +207,10 @@ async def test_a_graceful_shutdown_mid_reply_says_so_or_resumes(
 async def _freeze_mid_reply(
     plugin: TTS, server: ServerProcess, options: APIConnectOptions, then: float | None
 ) -> tuple[float, APIError | None]:
-    """Freeze the server once part of LONG_REPLY was heard, SIGKILL it ``then`` seconds
-    later (never back); the seconds from the freeze to the reply's end, and its error."""
+    """Freeze the server at LONG_REPLY's first audio, while later sentences are still owed,
+    SIGKILL it ``then`` seconds later (never back); the seconds from the freeze to the
+    reply's end, and its error.  (Owed requests date the fault from the freeze: a budget
+    computed from that date, not from now, once gave each reconnect the whole timeout.)"""
     frozen_at = 0.0
     killing: asyncio.Task[None] | None = None
 
@@ -223,7 +225,7 @@ async def _freeze_mid_reply(
             heard = 0.0
             async for event in stream:
                 heard += event.frame.duration
-                if not frozen_at and heard >= 0.5:
+                if not frozen_at and heard > 0:
                     server.freeze()
                     frozen_at = time.monotonic()
                     if then is not None:

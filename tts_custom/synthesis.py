@@ -218,7 +218,7 @@ class SentenceSynthesis:
         self._patience.fault(began)
         self._connections.invalidate(old)
         try:
-            acquired = await self._connections.acquire(self._patience.left(began))
+            acquired = await self._connections.acquire(self._patience.left(time.monotonic()))
         except APIError as e:
             raise did_not_come_back(fault, e) if fault is not None else e from None
         self._use(acquired.connection)

@@ -50,6 +50,9 @@ TRANSCRIBE_PAD_S: Final = 0.5
 """Digital silence added either side: pocketsphinx misses first and last words without it."""
 GAP_SLACK_S: Final = 0.05
 """How much shorter than scripted a caller's silence may measure (frame rounding)."""
+HEARD_WER: Final = 0.3
+"""A reply heard whole whose transcript is further than this from its script was not heard
+as it should be (the recognizer's own slips on Piper's voice stay under it)."""
 BACKCHANNEL_MAX_S: Final = 0.4
 """A caller sound this short, made while the agent talks, is a backchannel ("um", "mm-hm")."""
 BACKCHANNEL_APART_S: Final = 0.4
@@ -179,6 +182,8 @@ class CallMeasure:
     replies_lost_to_backchannels: int
     wer: float | None
     """All replies' word errors over all their reference words (greeting included)."""
+    replies_misheard: int = 0
+    """Replies heard whole whose word error rate is over ``HEARD_WER`` (greeting included)."""
 
     def to_json(self) -> dict[str, Any]:
         return cast(dict[str, Any], _jsonable(self))
@@ -383,6 +388,9 @@ def analyze_call(
             m.backchannel is not None and not m.backchannel.reply_went_on for m in measures
         ),
         wer=sum(r.word_errors or 0 for r in scored) / words if scored and words else None,
+        replies_misheard=sum(
+            r.complete and r.wer is not None and r.wer > HEARD_WER for r in replies
+        ),
     )
 
 
