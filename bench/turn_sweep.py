@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import sys
 from collections.abc import Mapping, Sequence
@@ -27,6 +28,10 @@ from bench.call.script import load_script
 from bench.conversation import CallRun, caller_voice, run_calls, tts_server
 
 SCRIPT: Final = Path(__file__).resolve().parent / "call" / "scripts" / "tuning.json"
+# an agent that starts this soon after the caller resumed from a pause started because of it
+RESUMED_S: Final = 0.5
+# an end-of-turn prediction this soon after the caller's last word judged the turn's end
+EOT_WINDOW_S: Final = 1.5
 
 
 @dataclass(frozen=True)
@@ -53,6 +58,24 @@ CONFIGS: Final = (
         },
     ),
     Config(
+        "+ interruption 0.15 s, resume after 1 s",
+        {
+            "VAD_MIN_SILENCE_DURATION": "0.3",
+            "ENDPOINTING_MAX_DELAY": "1.0",
+            "INTERRUPTION_MIN_DURATION": "0.15",
+            "FALSE_INTERRUPTION_TIMEOUT": "1.0",
+        },
+    ),
+    Config(
+        "+ min delay 0.6 s",
+        {
+            "VAD_MIN_SILENCE_DURATION": "0.3",
+            "ENDPOINTING_MIN_DELAY": "0.6",
+            "ENDPOINTING_MAX_DELAY": "1.0",
+            "INTERRUPTION_MIN_DURATION": "0.25",
+        },
+    ),
+    Config(
         "+ preemptive TTS",
         {
             "VAD_MIN_SILENCE_DURATION": "0.3",
@@ -62,6 +85,11 @@ CONFIGS: Final = (
         },
     ),
     Config("worker defaults", {}),
+    Config("worker defaults, min delay 0.8 s", {"ENDPOINTING_MIN_DELAY": "0.8"}),
+    Config(
+        "worker defaults, min delay 0.9 s",
+        {"ENDPOINTING_MIN_DELAY": "0.9", "ENDPOINTING_MAX_DELAY": "1.2"},
+    ),
 )
 
 
@@ -77,7 +105,7 @@ def row(config: Config, runs: Sequence[CallRun]) -> dict[str, Any]:
     )
     gap_cut_ins = sum(
         any(
-            a.end <= c.start < b.start
+            a.end <= c.start < b.start + RESUMED_S
             for c in t.cut_ins
             for a, b in zip(t.caller_parts, t.caller_parts[1:], strict=False)
         )
@@ -98,25 +126,56 @@ def row(config: Config, runs: Sequence[CallRun]) -> dict[str, Any]:
         "missed_replies": sum(r.measure.missed_replies for r in runs),
         "replies_misheard": sum(r.measure.replies_misheard for r in runs),
         "reply_wer": [round(r.measure.wer, 3) if r.measure.wer is not None else None for r in runs],
+        "eot_says_done": eot_judgements(runs),
+        # where each cut-in fell, to tell one in a pause from one after a barge-in
+        "cut_ins_at": [
+            {"call": n, "turn": t.index, "start": c.start, "end": c.end}
+            for n, r in enumerate(runs)
+            for t in r.measure.turns
+            for c in t.cut_ins
+        ],
     }
+
+
+def eot_judgements(runs: Sequence[CallRun]) -> dict[str, list[int]]:
+    """How often the end-of-turn model said "done" (probability at or over its threshold)
+    in a caller's mid-sentence pause, and after the caller's last word: [done, asked]."""
+    judged = {"in_pauses": [0, 0], "at_turn_ends": [0, 0]}
+    for run in runs:
+        for turn in run.measure.turns:
+            parts = turn.caller_parts
+            windows = [("in_pauses", a.end, b.start) for a, b in itertools.pairwise(parts)]
+            windows.append(("at_turn_ends", parts[-1].end, parts[-1].end + EOT_WINDOW_S))
+            for prediction in run.predictions:
+                for kind, start, end in windows:
+                    if start <= prediction["at"] < end:
+                        judged[kind][0] += prediction["probability"] >= prediction["threshold"]
+                        judged[kind][1] += 1
+    return judged
 
 
 def _ms(seconds: float | None) -> int | None:
     return None if seconds is None else round(seconds * 1000)
 
 
+def _ratio(counts: Sequence[int]) -> str:
+    return f"{counts[0]} of {counts[1]}"
+
+
 def table(rows: Sequence[Mapping[str, Any]]) -> str:
     lines = [
         "| configuration | v2v p50 ms | v2v p95 ms | cut-ins (in pauses) | barge-in stop p95 ms "
-        '| replies lost to an "um" | missed |',
-        "|---|---|---|---|---|---|---|",
+        '| replies lost to an "um" | turns unanswered | failed calls '
+        '| end-of-turn model said "done": in pauses, at ends |',
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['config']} | {r['v2v_p50_ms']} | {r['v2v_p95_ms']} | {r['cut_ins']} "
             f"({r['cut_ins_in_pauses']}) | {r['barge_in_stop_p95_ms']} | "
             f"{r['replies_lost_to_backchannels']} of {r['backchannels']} | {r['missed_replies']} "
-            f"| {r.get('failed_calls', 0)} |"
+            f"| {r.get('failed_calls', 0)} | {_ratio(r['eot_says_done']['in_pauses'])}, "
+            f"{_ratio(r['eot_says_done']['at_turn_ends'])} |"
         )
     return "\n".join(lines)
 

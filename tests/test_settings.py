@@ -73,10 +73,10 @@ def test_defaults() -> None:
     assert s.tts_timeout == 5.0
     assert s.vad_activation_threshold == 0.5
     assert s.vad_min_speech_duration == 0.05
-    assert s.vad_min_silence_duration == 0.55
-    assert (s.endpointing_min_delay, s.endpointing_max_delay) == (0.3, 2.5)
-    assert s.interruption_min_duration == 0.5
-    assert s.false_interruption_timeout == 2.0
+    assert s.vad_min_silence_duration == 0.3
+    assert (s.endpointing_min_delay, s.endpointing_max_delay) == (0.9, 1.2)
+    assert s.interruption_min_duration == 0.25
+    assert s.false_interruption_timeout == 1.0
     assert s.preemptive_generation is True
     assert s.noise_cancellation is True
     assert s.prompt_source == "prompts/avery.md"
@@ -364,3 +364,33 @@ def test_secrets_are_not_in_error_messages() -> None:
     assert "KNOWLITHIC_TTS_SERVER" in message
     for secret in SECRETS.values():
         assert secret not in message
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _example_defaults() -> list[tuple[str, str, str]]:
+    """``.env.example``'s (variable, value set, stated default) for each stated default."""
+    found = []
+    comment = ""
+    for line in (REPO / ".env.example").read_text(encoding="utf-8").splitlines():
+        if line.startswith("#"):
+            comment += " " + line.lstrip("# ")
+            continue
+        if "=" in line and (match := re.search(r"Default: (\S+?)\.?(?:\s|\()", comment + " ")):
+            name, value = line.split("=", 1)
+            found.append((name, value, match.group(1)))
+        comment = ""
+    return found
+
+
+def test_the_example_env_states_the_code_s_defaults() -> None:
+    # a default changed in settings.py and not in .env.example would mislead every deployer
+    stated = {name: (value, default) for name, value, default in _example_defaults()}
+    assert {"VAD_MIN_SILENCE_DURATION", "ENDPOINTING_MIN_DELAY", "GROQ_MODEL"} <= set(stated)
+    default = load()
+    for name, (value, said) in stated.items():
+        if said == "none":
+            continue
+        assert value == said, name
+        assert load(**{name: value}) == default, f"{name}={value} is not the default"
