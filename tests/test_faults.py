@@ -9,6 +9,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 
+import aiohttp
 import pytest
 from livekit.agents import (
     APIConnectionError,
@@ -25,7 +26,7 @@ from tests.plugin_helpers import Spoken, eventually, expected_digest, speak
 from tests.raw_peers import DeafPeer, HangingUpgrade
 from tts_custom import protocol
 from tts_custom.backoff import Backoff
-from tts_custom.connection import CLOSE_TIMEOUT, MAX_MESSAGE_SIZE
+from tts_custom.connection import CLOSE_TIMEOUT, MAX_MESSAGE_SIZE, ConnectionLost, connect
 
 TEXT = ("The first sentence is spoken.", "Then the second one follows.")
 QUICK = APIConnectOptions(max_retry=0, timeout=0.5)
@@ -304,3 +305,24 @@ async def test_the_frameworks_pause_before_a_retry_cannot_outlast_the_timeout(
     assert time.perf_counter() - started < options.timeout + 0.5
     assert info.value.status_code == 503 and "busy" in info.value.message  # what happened
     assert not info.value.retryable
+
+
+async def test_a_request_sent_on_a_socket_that_was_reset_reports_the_loss_on_its_channel(
+    server: FakeKnowlithicServer,
+) -> None:
+    # the reader of a request learns of a dead socket one way, whether the loss came while
+    # it waited or while its request was being written: it then asks again elsewhere
+    async with aiohttp.ClientSession() as session:
+        conn = await connect(session, server.url, api_key=None, timeout=2.0, heartbeat=None)
+        try:
+            channel = await conn.open_request("r-0")
+            await server.drop_connections()  # reset: no close frame
+            request = protocol.TextToSpeech(
+                request_id="r-0", text=TEXT[0], voice="elise", sample_rate=16000
+            )
+            await conn.send_request(channel, request)  # never raises
+            event = await channel.receive(2.0)
+            assert isinstance(event, ConnectionLost)
+            assert channel.finished and channel.lost
+        finally:
+            await conn.aclose()

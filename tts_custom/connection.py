@@ -180,6 +180,15 @@ class Connection:
             # RuntimeError: aiohttp refuses to write to a socket that is closing
             raise APIConnectionError(f"Knowlithic TTS connection failed while sending: {e}") from e
 
+    async def send_request(self, channel: RequestChannel, msg: protocol.TextToSpeech) -> None:
+        """Send ``channel``'s request.  A socket that fails on the way is reported on the
+        channel as its loss, so its reader asks again as for any lost socket."""
+        try:
+            await self.send(msg)
+        except APIConnectionError as e:
+            if not channel.finished:
+                channel._deliver(ConnectionLost(close_code=None, reason=str(e)))
+
     async def cancel(self, channel: RequestChannel) -> None:
         """Ask the server to stop an unfinished request and drop whatever it still sends."""
         channel.close()

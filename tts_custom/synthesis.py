@@ -272,11 +272,9 @@ class SentenceSynthesis:
                     raise
                 # it died while this request waited for a slot: on to the next one
         sentence.channel = channel
-        try:
-            await conn.send(replace(self._template, request_id=request_id, text=sentence.text))
-        except APIConnectionError as e:
-            # the player sees the loss on the channel and asks again
-            channel._deliver(ConnectionLost(close_code=None, reason=str(e)))
+        await conn.send_request(
+            channel, replace(self._template, request_id=request_id, text=sentence.text)
+        )
 
     async def _play_all(self) -> None:
         while (sentence := await self._queue.get()) is not None:

@@ -1,7 +1,9 @@
 """Command-line flags and environment variables → one frozen :class:`ServerConfig`.
 
 Every flag has an environment variable (``KNOWLITHIC_*``); a flag given on the command line
-wins over its variable, which wins over the built-in default.
+wins over its variable, which wins over the built-in default.  Each setting is declared once,
+as a field of :class:`ServerConfig` whose metadata (:class:`Flag`) names its flag, variable,
+help and parser: the parser and the loader are built from those fields.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Final
 
@@ -32,44 +34,6 @@ class VoiceSpec:
 
     name: str
     model_path: Path | None = None
-
-
-@dataclass(frozen=True)
-class ServerConfig:
-    hosts: tuple[str, ...] = ("localhost",)
-    port: int = 8000
-    voices: tuple[VoiceSpec, ...] = (VoiceSpec(BUNDLED_VOICE),)
-    aliases: tuple[tuple[str, str], ...] = (("elise", BUNDLED_VOICE),)
-    # repr=False: the key must never end up in a log line or a traceback.
-    api_key: str | None = field(default=None, repr=False)
-    workers: int = 2
-    onnx_threads: int = 0
-    max_text_length: int = 5000
-    # Twice the minimum for the default text length (min_message_size(5000) is 65,632 bytes),
-    # rounded to a power of two: room for clients that format their JSON loosely.
-    max_message_size: int = 128 * 1024
-    max_requests_per_connection: int = 8
-    max_requests: int = 32
-    # Replies (streams) spoken at once; 0 is no limit.
-    max_streams: int = DEFAULT_MAX_STREAMS
-    stream_idle_window: float = 2.0
-    max_connections: int = 128
-    rate_limit: float = 20.0
-    rate_burst: int = 60
-    shutdown_grace: float = 10.0
-    heartbeat: float = 20.0
-    send_timeout: float = 5.0
-    sentence_silence: float = 0.25
-    chunk_ms: int = 40
-    loudness_dbfs: float = -21.0
-    # None: the voice's own setting (from its .onnx.json).
-    length_scale: float | None = None
-    noise_scale: float | None = None
-    noise_w: float | None = None
-    log_level: str = "INFO"
-
-
-_DEFAULTS: Final = ServerConfig()
 
 
 def min_message_size(max_text_length: int) -> int:
@@ -175,6 +139,264 @@ def _parse_aliases(
     return tuple(sorted(aliases.items()))
 
 
+@dataclass(frozen=True)
+class Flag:
+    """How a :class:`ServerConfig` field is set: its flag, variable, help and parser.
+
+    The field's default is the default; the flag is ``--`` and the field's name with dashes
+    unless ``flag`` says otherwise; the variable is ``KNOWLITHIC_`` + ``var``.
+    """
+
+    var: str
+    help: str
+    convert: Callable[[str], Any] = str
+    flag: str | None = None
+    metavar: str | None = None
+    # repeatable or comma-separated: the strings are handed to the loader as a list
+    repeat: bool = False
+    shown: str | None = None  # the default as the help shows it, when not the value itself
+
+
+def setting(default: Any, var: str, help_text: str, **how: Any) -> Any:
+    """A :class:`ServerConfig` field that has a flag and an environment variable."""
+    return field(default=default, metadata={"flag": Flag(var, help_text, **how)})
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Every setting of the server, declared once: default, flag, variable and help."""
+
+    hosts: tuple[str, ...] = setting(
+        ("localhost",),
+        "HOST",
+        "Address to listen on. 'localhost' binds every loopback address it resolves to "
+        "(127.0.0.1 and ::1), so ws://localhost:PORT works whichever the client picks; "
+        "use 0.0.0.0 to listen on all interfaces.",
+        flag="--host",
+        metavar="HOST",
+        repeat=True,
+        shown="localhost",
+    )
+    port: int = setting(8000, "PORT", "TCP port.", convert=_port)
+    voices: tuple[VoiceSpec, ...] = setting(
+        (VoiceSpec(BUNDLED_VOICE),),
+        "VOICES",
+        f"A voice to load: {BUNDLED_VOICE!r} (the bundled en_US joe voice) or "
+        "NAME=/path/to/model.onnx (its config is MODEL.onnx.json beside it).",
+        flag="--voice",
+        metavar="VOICE",
+        repeat=True,
+        shown=BUNDLED_VOICE,
+    )
+    aliases: tuple[tuple[str, str], ...] = setting(
+        (("elise", BUNDLED_VOICE),),
+        "VOICE_ALIASES",
+        "Another name for a loaded voice, ALIAS=VOICE. Giving any replaces the default; "
+        "an empty value means no aliases.",
+        flag="--voice-alias",
+        metavar="ALIAS=VOICE",
+        repeat=True,
+        shown=f"elise={BUNDLED_VOICE}",
+    )
+    # repr=False: the key must never end up in a log line or a traceback.
+    api_key: str | None = field(
+        default=None,
+        repr=False,
+        metadata={
+            "flag": Flag(
+                "API_KEY",
+                "Require this key from WebSocket clients (Authorization: Bearer KEY, or "
+                "X-API-Key: KEY) and on /v1/voices and /metrics. Prefer the environment "
+                "variable or --api-key-file: command lines are visible to other users.",
+                shown="none (no authentication)",
+            )
+        },
+    )
+    workers: int = setting(
+        2,
+        "WORKERS",
+        "Synthesis threads (sentences synthesized at once across all requests).",
+        convert=_positive_int,
+    )
+    onnx_threads: int = setting(
+        0,
+        "ONNX_THREADS",
+        "onnxruntime intra-op threads per synthesis; 0 lets onnxruntime choose (one per core).",
+        convert=_non_negative_int,
+    )
+    max_text_length: int = setting(
+        5000,
+        "MAX_TEXT_LENGTH",
+        "Longest text of one request, in characters (longer: error text_too_long).",
+        convert=_positive_int,
+    )
+    # Twice the minimum for the default text length (min_message_size(5000) is 65,632 bytes),
+    # rounded to a power of two: room for clients that format their JSON loosely.
+    max_message_size: int = setting(
+        128 * 1024,
+        "MAX_MESSAGE_SIZE",
+        "Largest WebSocket message accepted, in bytes; a larger one closes the connection "
+        "with code 1009. It may not be below what a valid request with a text of "
+        "--max-text-length characters can take (12 bytes a character, plus "
+        f"{min_message_size(0)}): the server refuses to start.",
+        convert=_positive_int,
+    )
+    max_requests_per_connection: int = setting(
+        8,
+        "MAX_REQUESTS_PER_CONNECTION",
+        "Requests in flight on one connection (more: error too_many_requests).",
+        convert=_positive_int,
+    )
+    max_requests: int = setting(
+        32,
+        "MAX_REQUESTS",
+        "Requests in flight on the whole server: with this many, a new stream gets error busy "
+        "(at once, never queued); requests of streams already admitted still start.",
+        convert=_positive_int,
+    )
+    max_streams: int = setting(
+        DEFAULT_MAX_STREAMS,
+        "MAX_STREAMS",
+        "Replies spoken at once (a stream is every sentence request of one reply, by its "
+        "stream_id; a request without one is a stream of its own). A request of a new stream "
+        "over the limit gets error busy; later sentences of an admitted reply are never "
+        "refused for capacity. 0: no limit. Measure a machine with bench/server_capacity.py.",
+        convert=_non_negative_int,
+    )
+    stream_idle_window: float = setting(
+        2.0,
+        "STREAM_IDLE_WINDOW",
+        "Seconds a stream stays admitted after its last request ended, waiting for the "
+        "reply's next sentence; then its place is free. Once its audio has played, an idle "
+        "stream gives its place to a new reply that finds the server full.",
+        convert=_non_negative_float,
+    )
+    max_connections: int = setting(
+        128,
+        "MAX_CONNECTIONS",
+        "Open WebSocket connections (more: HTTP 503 at the handshake).",
+        convert=_positive_int,
+    )
+    rate_limit: float = setting(
+        20.0,
+        "RATE_LIMIT",
+        "Requests per second each client IP may start, on average (token bucket; over it: "
+        "error rate_limited); 0 disables. All sessions of one agent worker share its IP.",
+        convert=_non_negative_float,
+    )
+    rate_burst: int = setting(
+        60,
+        "RATE_BURST",
+        "Requests a client IP may start at once before --rate-limit applies (bucket size).",
+        convert=_positive_int,
+    )
+    shutdown_grace: float = setting(
+        10.0,
+        "SHUTDOWN_GRACE",
+        "Seconds in-flight requests may run after SIGTERM/SIGINT before they are cancelled.",
+        convert=_non_negative_float,
+    )
+    heartbeat: float = setting(
+        20.0,
+        "HEARTBEAT",
+        "Seconds between WebSocket pings to each client (a client that misses the pong is "
+        "dropped); 0 disables.",
+        convert=_non_negative_float,
+    )
+    send_timeout: float = setting(
+        5.0,
+        "SEND_TIMEOUT",
+        "Seconds one message to a client may wait for the client to take earlier ones; a "
+        "client that takes less in that time has stopped reading: its connection is dropped "
+        "and its requests end, freeing their capacity. 0 disables.",
+        convert=_non_negative_float,
+    )
+    sentence_silence: float = setting(
+        0.25,
+        "SENTENCE_SILENCE",
+        "Seconds of silence between sentences.",
+        convert=_non_negative_float,
+    )
+    chunk_ms: int = setting(
+        40, "CHUNK_MS", "Milliseconds of audio per audio message (20 to 50).", convert=_chunk_ms
+    )
+    loudness_dbfs: float = setting(
+        -21.0,
+        "LOUDNESS",
+        "Speech loudness in dBFS (RMS of voiced audio); one gain per voice, measured at "
+        "start-up, is applied to every sentence.",
+        flag="--loudness",
+        convert=float,
+        metavar="DBFS",
+    )
+    # None: the voice's own setting (from its .onnx.json).
+    length_scale: float | None = setting(
+        None,
+        "LENGTH_SCALE",
+        "Speaking pace: above 1 is slower, below 1 faster.",
+        convert=_positive_float,
+        shown="the voice's own (1.0 for joe)",
+    )
+    noise_scale: float | None = setting(
+        None,
+        "NOISE_SCALE",
+        "Piper's voice variation (0 makes synthesis deterministic and flatter).",
+        convert=_non_negative_float,
+        shown="the voice's own (0.667 for joe)",
+    )
+    noise_w: float | None = setting(
+        None,
+        "NOISE_W",
+        "Piper's phoneme-length variation (0 makes rhythm deterministic).",
+        convert=_non_negative_float,
+        shown="the voice's own (0.8 for joe)",
+    )
+    log_level: str = setting(
+        "INFO",
+        "LOG_LEVEL",
+        "DEBUG, INFO, WARNING or ERROR.",
+        convert=lambda s: s.upper(),
+        metavar="LEVEL",
+    )
+
+
+_DEFAULTS: Final = ServerConfig()
+# read from a file rather than a setting of its own: it sets api_key
+_API_KEY_FILE: Final = Flag(
+    "API_KEY_FILE",
+    "Read the API key from this file (surrounding whitespace is ignored).",
+    flag="--api-key-file",
+    metavar="PATH",
+    shown="none",
+)
+
+
+def _flags() -> list[tuple[str, Flag, Any]]:
+    """(destination, flag, default) of every flag, in the order of ``ServerConfig``."""
+    found = []
+    for f in fields(ServerConfig):
+        how: Flag = f.metadata["flag"]
+        found.append((f.name, how, getattr(_DEFAULTS, f.name)))
+        if f.name == "api_key":
+            found.append(("api_key_file", _API_KEY_FILE, None))
+    return found
+
+
+def _flag_name(dest: str, how: Flag) -> str:
+    return how.flag or "--" + dest.replace("_", "-")
+
+
+def _shown(value: Any) -> str:
+    """A default as the help shows it and a repeatable flag's environment value reads."""
+    if isinstance(value, tuple) and value and isinstance(value[0], tuple):
+        return ",".join(f"{alias}={voice}" for alias, voice in value)  # the aliases
+    if isinstance(value, tuple):
+        return ",".join(_shown(item) for item in value)
+    if isinstance(value, VoiceSpec):
+        return value.name if value.model_path is None else f"{value.name}={value.model_path}"
+    return str(value)
+
+
 def build_parser(
     environ: Mapping[str, str] | None = None,
 ) -> tuple[argparse.ArgumentParser, dict[str, list[str]]]:
@@ -189,262 +411,34 @@ def build_parser(
             "the flag wins."
         ),
     )
-
-    def add(
-        flag: str,
-        var: str,
-        help_text: str,
-        *,
-        default: Any,
-        convert: Callable[[str], Any] = str,
-        metavar: str | None = None,
-        repeat: bool = False,
-        shown: str | None = None,
-    ) -> None:
-        name = "KNOWLITHIC_" + var
+    for dest, how, default in _flags():
+        name = "KNOWLITHIC_" + how.var
         raw = env.get(name)
-        shown_default = shown if shown is not None else str(default)
-        if repeat:
+        shown = how.shown if how.shown is not None else _shown(default)
+        if how.repeat:
             # An append action would add flags to a list default, so the environment value
             # is kept aside and used only when the flag is absent.
             parser.add_argument(
-                flag,
+                _flag_name(dest, how),
+                dest=dest,
                 action="append",
-                metavar=metavar,
+                metavar=how.metavar,
                 default=None,
-                help=f"{help_text} Repeatable, or comma-separated. "
-                f"[env {name}; default: {shown_default}]",
+                help=f"{how.help} Repeatable, or comma-separated. [env {name}; default: {shown}]",
             )
             if raw is not None:
-                env_lists[_dest(flag)] = [raw]
-            return
+                env_lists[dest] = [raw]
+            continue
         parser.add_argument(
-            flag,
-            type=convert,
-            metavar=metavar,
+            _flag_name(dest, how),
+            dest=dest,
+            type=how.convert,
+            metavar=how.metavar,
             # argparse applies `type` to string defaults, so env values are validated too.
             default=raw if raw is not None else default,
-            help=f"{help_text} [env {name}; default: {shown_default}]",
+            help=f"{how.help} [env {name}; default: {shown}]",
         )
-
-    d = _DEFAULTS
-    add(
-        "--host",
-        "HOST",
-        "Address to listen on. 'localhost' binds every loopback address it resolves to "
-        "(127.0.0.1 and ::1), so ws://localhost:PORT works whichever the client picks; "
-        "use 0.0.0.0 to listen on all interfaces.",
-        default=",".join(d.hosts),
-        metavar="HOST",
-        repeat=True,
-    )
-    add("--port", "PORT", "TCP port.", default=d.port, convert=_port)
-    add(
-        "--voice",
-        "VOICES",
-        f"A voice to load: {BUNDLED_VOICE!r} (the bundled en_US joe voice) or "
-        "NAME=/path/to/model.onnx (its config is MODEL.onnx.json beside it).",
-        default=BUNDLED_VOICE,
-        metavar="VOICE",
-        repeat=True,
-    )
-    add(
-        "--voice-alias",
-        "VOICE_ALIASES",
-        "Another name for a loaded voice, ALIAS=VOICE. Giving any replaces the default; "
-        "an empty value means no aliases.",
-        default=",".join(f"{a}={t}" for a, t in d.aliases),
-        metavar="ALIAS=VOICE",
-        repeat=True,
-    )
-    add(
-        "--api-key",
-        "API_KEY",
-        "Require this key from WebSocket clients (Authorization: Bearer KEY, or X-API-Key: "
-        "KEY) and on /v1/voices and /metrics. Prefer the environment variable or "
-        "--api-key-file: command lines are visible to other users.",
-        default=None,
-        shown="none (no authentication)",
-    )
-    add(
-        "--api-key-file",
-        "API_KEY_FILE",
-        "Read the API key from this file (surrounding whitespace is ignored).",
-        default=None,
-        shown="none",
-        metavar="PATH",
-    )
-    add(
-        "--workers",
-        "WORKERS",
-        "Synthesis threads (sentences synthesized at once across all requests).",
-        default=d.workers,
-        convert=_positive_int,
-    )
-    add(
-        "--onnx-threads",
-        "ONNX_THREADS",
-        "onnxruntime intra-op threads per synthesis; 0 lets onnxruntime choose (one per core).",
-        default=d.onnx_threads,
-        convert=_non_negative_int,
-    )
-    add(
-        "--max-text-length",
-        "MAX_TEXT_LENGTH",
-        "Longest text of one request, in characters (longer: error text_too_long).",
-        default=d.max_text_length,
-        convert=_positive_int,
-    )
-    add(
-        "--max-message-size",
-        "MAX_MESSAGE_SIZE",
-        "Largest WebSocket message accepted, in bytes; a larger one closes the connection "
-        "with code 1009. It may not be below what a valid request with a text of "
-        f"--max-text-length characters can take (12 bytes a character, plus "
-        f"{min_message_size(0)}): the server refuses to start.",
-        default=d.max_message_size,
-        convert=_positive_int,
-    )
-    add(
-        "--max-requests-per-connection",
-        "MAX_REQUESTS_PER_CONNECTION",
-        "Requests in flight on one connection (more: error too_many_requests).",
-        default=d.max_requests_per_connection,
-        convert=_positive_int,
-    )
-    add(
-        "--max-requests",
-        "MAX_REQUESTS",
-        "Requests in flight on the whole server: with this many, a new stream gets error busy "
-        "(at once, never queued); requests of streams already admitted still start.",
-        default=d.max_requests,
-        convert=_positive_int,
-    )
-    add(
-        "--max-streams",
-        "MAX_STREAMS",
-        "Replies spoken at once (a stream is every sentence request of one reply, by its "
-        "stream_id; a request without one is a stream of its own). A request of a new stream "
-        "over the limit gets error busy; later sentences of an admitted reply are never "
-        "refused for capacity. 0: no limit. Measure a machine with bench/server_capacity.py.",
-        default=d.max_streams,
-        convert=_non_negative_int,
-    )
-    add(
-        "--stream-idle-window",
-        "STREAM_IDLE_WINDOW",
-        "Seconds a stream stays admitted after its last request ended, waiting for the "
-        "reply's next sentence; then its place is free. Once its audio has played, an idle "
-        "stream gives its place to a new reply that finds the server full.",
-        default=d.stream_idle_window,
-        convert=_non_negative_float,
-    )
-    add(
-        "--max-connections",
-        "MAX_CONNECTIONS",
-        "Open WebSocket connections (more: HTTP 503 at the handshake).",
-        default=d.max_connections,
-        convert=_positive_int,
-    )
-    add(
-        "--rate-limit",
-        "RATE_LIMIT",
-        "Requests per second each client IP may start, on average (token bucket; over it: "
-        "error rate_limited); 0 disables. All sessions of one agent worker share its IP.",
-        default=d.rate_limit,
-        convert=_non_negative_float,
-    )
-    add(
-        "--rate-burst",
-        "RATE_BURST",
-        "Requests a client IP may start at once before --rate-limit applies (bucket size).",
-        default=d.rate_burst,
-        convert=_positive_int,
-    )
-    add(
-        "--shutdown-grace",
-        "SHUTDOWN_GRACE",
-        "Seconds in-flight requests may run after SIGTERM/SIGINT before they are cancelled.",
-        default=d.shutdown_grace,
-        convert=_non_negative_float,
-    )
-    add(
-        "--heartbeat",
-        "HEARTBEAT",
-        "Seconds between WebSocket pings to each client (a client that misses the pong is "
-        "dropped); 0 disables.",
-        default=d.heartbeat,
-        convert=_non_negative_float,
-    )
-    add(
-        "--send-timeout",
-        "SEND_TIMEOUT",
-        "Seconds one message to a client may wait for the client to take earlier ones; a "
-        "client that takes less in that time has stopped reading: its connection is dropped "
-        "and its requests end, freeing their capacity. 0 disables.",
-        default=d.send_timeout,
-        convert=_non_negative_float,
-    )
-    add(
-        "--sentence-silence",
-        "SENTENCE_SILENCE",
-        "Seconds of silence between sentences.",
-        default=d.sentence_silence,
-        convert=_non_negative_float,
-    )
-    add(
-        "--chunk-ms",
-        "CHUNK_MS",
-        "Milliseconds of audio per audio message (20 to 50).",
-        default=d.chunk_ms,
-        convert=_chunk_ms,
-    )
-    add(
-        "--loudness",
-        "LOUDNESS",
-        "Speech loudness in dBFS (RMS of voiced audio); one gain per voice, measured at "
-        "start-up, is applied to every sentence.",
-        default=d.loudness_dbfs,
-        convert=float,
-        metavar="DBFS",
-    )
-    add(
-        "--length-scale",
-        "LENGTH_SCALE",
-        "Speaking pace: above 1 is slower, below 1 faster.",
-        default=None,
-        convert=_positive_float,
-        shown="the voice's own (1.0 for joe)",
-    )
-    add(
-        "--noise-scale",
-        "NOISE_SCALE",
-        "Piper's voice variation (0 makes synthesis deterministic and flatter).",
-        default=None,
-        convert=_non_negative_float,
-        shown="the voice's own (0.667 for joe)",
-    )
-    add(
-        "--noise-w",
-        "NOISE_W",
-        "Piper's phoneme-length variation (0 makes rhythm deterministic).",
-        default=None,
-        convert=_non_negative_float,
-        shown="the voice's own (0.8 for joe)",
-    )
-    add(
-        "--log-level",
-        "LOG_LEVEL",
-        "DEBUG, INFO, WARNING or ERROR.",
-        default=d.log_level,
-        convert=lambda s: s.upper(),
-        metavar="LEVEL",
-    )
     return parser, env_lists
-
-
-def _dest(flag: str) -> str:
-    return flag.lstrip("-").replace("-", "_")
 
 
 def load_config(
@@ -458,14 +452,14 @@ def load_config(
             setattr(ns, dest, values)
     d = _DEFAULTS
     try:
-        hosts = tuple(_items(ns.host)) if ns.host is not None else d.hosts
+        hosts = tuple(_items(ns.hosts)) if ns.hosts is not None else d.hosts
         if not hosts:
             raise ValueError("--host: at least one address is needed")
-        voices = _parse_voices(ns.voice) if ns.voice is not None else d.voices
+        voices = _parse_voices(ns.voices) if ns.voices is not None else d.voices
         aliases = (
-            _parse_aliases(ns.voice_alias, voices)
-            if ns.voice_alias is not None
-            else _parse_aliases([f"{a}={t}" for a, t in d.aliases], voices)
+            _parse_aliases(ns.aliases, voices)
+            if ns.aliases is not None
+            else _parse_aliases([_shown(d.aliases)], voices)
             if any(v.name == BUNDLED_VOICE for v in voices)
             else ()
         )
@@ -485,31 +479,7 @@ def load_config(
             raise ValueError(f"--log-level: unknown level {ns.log_level!r}")
     except (ValueError, OSError) as e:
         parser.error(str(e))
-    return ServerConfig(
-        hosts=hosts,
-        port=ns.port,
-        voices=voices,
-        aliases=aliases,
-        api_key=api_key,
-        workers=ns.workers,
-        onnx_threads=ns.onnx_threads,
-        max_text_length=ns.max_text_length,
-        max_message_size=ns.max_message_size,
-        max_requests_per_connection=ns.max_requests_per_connection,
-        max_requests=ns.max_requests,
-        max_streams=ns.max_streams,
-        stream_idle_window=ns.stream_idle_window,
-        max_connections=ns.max_connections,
-        rate_limit=ns.rate_limit,
-        rate_burst=ns.rate_burst,
-        shutdown_grace=ns.shutdown_grace,
-        heartbeat=ns.heartbeat,
-        send_timeout=ns.send_timeout,
-        sentence_silence=ns.sentence_silence,
-        chunk_ms=ns.chunk_ms,
-        loudness_dbfs=ns.loudness,
-        length_scale=ns.length_scale,
-        noise_scale=ns.noise_scale,
-        noise_w=ns.noise_w,
-        log_level=ns.log_level,
-    )
+    # every other setting is taken as parsed
+    parsed = {f.name: getattr(ns, f.name) for f in fields(ServerConfig)}
+    parsed.update(hosts=hosts, voices=voices, aliases=aliases, api_key=api_key)
+    return ServerConfig(**parsed)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -14,7 +15,7 @@ from hypothesis import strategies as st
 from piper.voice import PhonemeAlignment
 
 from tts_server.admission import Capacity, RateLimiter
-from tts_server.config import BUNDLED_VOICE, build_parser, load_config
+from tts_server.config import BUNDLED_VOICE, ServerConfig, build_parser, load_config
 from tts_server.engine import _chunk_intervals
 from tts_server.scheduler import Scheduler
 from tts_server.timestamps import (
@@ -217,11 +218,20 @@ def test_bad_environment_values_are_refused() -> None:
 def test_help_names_every_environment_variable() -> None:
     parser, _ = build_parser({})
     text = parser.format_help().replace("\n", " ")
-    for action in parser._actions:
-        if action.dest != "help":
-            env = "KNOWLITHIC_" + action.dest.upper()
-            if action.dest == "voice":
-                env = "KNOWLITHIC_VOICES"
-            elif action.dest == "voice_alias":
-                env = "KNOWLITHIC_VOICE_ALIASES"
-            assert env in text, env
+    names = [f.metadata["flag"].var for f in dataclasses.fields(ServerConfig)]
+    for name in [*names, "API_KEY_FILE"]:
+        assert f"KNOWLITHIC_{name}" in text, name
+
+
+def test_every_setting_is_declared_once_and_parsed_from_its_flag_and_variable() -> None:
+    # each ServerConfig field carries its own flag, variable and default: a setting added
+    # there is on the command line and in the environment with nothing else to edit
+    parser, _ = build_parser({})
+    flags = {option for action in parser._actions for option in action.option_strings}
+    assert {"--host", "--voice", "--voice-alias", "--loudness", "--api-key-file"} <= flags
+    assert len(flags) == len(dataclasses.fields(ServerConfig)) + 3  # + --api-key-file, -h
+    assert load_config([], {}) == ServerConfig()
+    by_flag = load_config(["--send-timeout", "1.5", "--loudness", "-18"], {})
+    by_env = load_config([], {"KNOWLITHIC_SEND_TIMEOUT": "1.5", "KNOWLITHIC_LOUDNESS": "-18"})
+    assert by_flag == by_env
+    assert (by_flag.send_timeout, by_flag.loudness_dbfs) == (1.5, -18.0)
