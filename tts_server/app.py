@@ -22,7 +22,8 @@ from .config import ServerConfig
 from .engine import Engine
 from .metrics import CONTENT_TYPE, Metrics
 from .scheduler import Scheduler
-from .session import ServerState, Session
+from .session import Session
+from .state import ServerState
 
 _LOG = logging.getLogger("tts_server.app")
 

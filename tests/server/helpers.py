@@ -14,7 +14,7 @@ from aiohttp.test_utils import TestServer
 from tts_custom import protocol
 from tts_server.app import server_state, stop
 from tts_server.config import ServerConfig
-from tts_server.session import ServerState
+from tts_server.state import ServerState
 
 # No stream limit unless a test sets one: the default depends on the machine's cores, and
 # tests of other features send many requests without a stream id (each is a stream).

@@ -12,7 +12,7 @@ import pytest
 
 from tts_custom import protocol
 from tts_server.audio import WAV_HEADER_SIZE
-from tts_server.session import SAMPLE_RATES
+from tts_server.state import SAMPLE_RATES
 
 from .helpers import Client, Connect, RunningServer, StartServer
 

@@ -1,0 +1,89 @@
+"""What all connections of one server share: its settings, engine, limits and metrics.
+
+One :class:`ServerState` per app (``tts_server.app`` builds it); each connection's
+:class:`~tts_server.session.Session` holds it and registers itself in ``sessions``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Final
+
+from piper import SynthesisConfig
+
+from tts_custom import protocol
+
+from .admission import Capacity, RateLimiter, Streams
+from .config import ServerConfig
+from .engine import Engine, Voice, synthesis_config
+from .metrics import Metrics
+from .scheduler import Scheduler
+
+if TYPE_CHECKING:
+    from .session import Session
+
+# the output rates a request may ask for (the voice's audio is resampled to it)
+SAMPLE_RATES: Final = (8000, 16000, 22050, 24000, 44100, 48000)
+
+
+@dataclass
+class ServerState:
+    """What all connections of one app share."""
+
+    config: ServerConfig
+    engine: Engine
+    scheduler: Scheduler
+    capacity: Capacity
+    streams: Streams
+    rate_limiter: RateLimiter
+    metrics: Metrics
+    sessions: set[Session] = field(default_factory=set)
+    shutting_down: bool = False
+    synthesis: SynthesisConfig = field(init=False)
+    aliases: dict[str, str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.synthesis = synthesis_config(self.config)
+        self.metrics.active_streams.set_function(lambda: self.streams.active)
+        self.aliases = dict(self.config.aliases)
+        for alias, target in self.aliases.items():
+            if target not in self.engine.voices or alias in self.engine.voices:
+                raise ValueError(f"alias {alias!r} → {target!r} does not name a loaded voice")
+
+    def resolve(self, name: str) -> Voice | None:
+        """The voice called ``name`` (case-insensitive, aliases included); never a fallback."""
+        key = name.strip().lower()
+        return self.engine.voices.get(self.aliases.get(key, key))
+
+    @property
+    def full(self) -> bool:
+        """Whether a new stream would be refused with busy (idle streams yield their place)."""
+        return self.streams.full or self.capacity.full
+
+    @property
+    def voice_names(self) -> tuple[str, ...]:
+        return tuple(sorted([*self.engine.voices, *self.aliases]))
+
+    def describe_voices(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "name": voice.name,
+                "sample_rate": voice.sample_rate,
+                "aliases": sorted(a for a, t in self.aliases.items() if t == voice.name),
+                "language": voice.language,
+                "word_timestamps": "aligned" if voice.has_alignments else "estimated",
+                "bundled": voice.bundled,
+            }
+            for voice in self.engine.voices.values()
+        ]
+
+    def capabilities(self) -> protocol.Capabilities:
+        return protocol.Capabilities(
+            protocol_version=protocol.PROTOCOL_VERSION,
+            voices=self.voice_names,
+            output_formats=protocol.OUTPUT_FORMATS,
+            sample_rates=SAMPLE_RATES,
+            word_timestamps=True,
+            max_text_length=self.config.max_text_length,
+            max_requests_in_flight=self.config.max_requests_per_connection,
+        )
