@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Final, TypeVar
 from urllib.parse import urlsplit
 
-from tts_custom.knowlithictts import header_safe_key
+from tts_custom.knowlithictts import URL_SCHEMES, header_safe_key
 from tts_custom.protocol import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
 
 __all__ = [
@@ -47,7 +47,6 @@ DEFAULT_TTS_TIMEOUT: Final = 5.0
 MAX_TTS_TIMEOUT: Final = 60.0
 DEFAULT_PROMPT: Final = "avery"
 
-_URL_SCHEMES: Final = ("ws", "wss", "http", "https")
 _TRUE: Final = frozenset({"true", "1", "yes"})
 _FALSE: Final = frozenset({"false", "0", "no"})
 _PROMPT_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
@@ -248,7 +247,7 @@ class _Reader:
 
 
 def _schemes() -> str:
-    return "://, ".join(_URL_SCHEMES) + "://"
+    return "://, ".join(URL_SCHEMES) + "://"
 
 
 def _url_error(value: str) -> str | None:
@@ -259,7 +258,7 @@ def _url_error(value: str) -> str | None:
         return "not a valid URL"
     if "://" not in value:
         return "no scheme"
-    if parts.scheme.lower() not in _URL_SCHEMES:
+    if parts.scheme.lower() not in URL_SCHEMES:
         return f"unsupported scheme {parts.scheme!r}"
     if not parts.hostname:
         return "no host name"

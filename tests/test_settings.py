@@ -18,6 +18,7 @@ from settings import (
     available_prompts,
     load_settings,
 )
+from tts_custom.knowlithictts import TTS, URL_SCHEMES
 
 SECRETS = {
     "LIVEKIT_API_KEY": "lk-key-s3cr3t-aaaa",
@@ -394,3 +395,13 @@ def test_the_example_env_states_the_code_s_defaults() -> None:
             continue
         assert value == said, name
         assert load(**{name: value}) == default, f"{name}={value} is not the default"
+
+
+def test_the_worker_accepts_exactly_the_urls_the_plugin_does() -> None:
+    # one list of schemes, the plugin's: a scheme it learns is a scheme .env may use
+    for scheme in URL_SCHEMES:
+        url = load(KNOWLITHIC_TTS_SERVER=f"{scheme}://tts.example:8000").tts_server_url
+        TTS(base_url=url)  # the plugin takes what the settings let through
+    assert "KNOWLITHIC_TTS_SERVER" in problem_for(
+        "KNOWLITHIC_TTS_SERVER", KNOWLITHIC_TTS_SERVER="ftp://tts.example"
+    )

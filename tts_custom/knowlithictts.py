@@ -37,6 +37,8 @@ DEFAULT_SAMPLE_RATE: Final = 16000
 BASE_URL_ENV_VARS: Final = ("KNOWLITHIC_TTS_SERVER", "TTS_SERVER_URL")
 API_KEY_ENV_VAR: Final = "KNOWLITHIC_API_KEY"
 _WS_SCHEMES: Final = {"ws": "ws", "wss": "wss", "http": "ws", "https": "wss"}
+# the schemes a base_url may have (an http(s) URL means the WebSocket on the same host)
+URL_SCHEMES: Final = tuple(_WS_SCHEMES)
 # query parameters that carry a key: moved to the Authorization header, never sent in a URL
 # (access logs and proxies write request lines down)
 _KEY_PARAMETERS: Final = frozenset(
