@@ -451,6 +451,13 @@ def _barge_in(utterances: list[Span], caller: Span, reply: Span | None) -> Barge
     )
 
 
+def transcribe_speech(pcm: bytes) -> str:
+    """What pocketsphinx hears in 16 kHz mono s16le ``pcm``, padded with digital silence
+    (it misses first and last words without it)."""
+    pad = bytes(2 * round(TRANSCRIBE_PAD_S * SAMPLE_RATE))
+    return transcribe(pad + pcm + pad)
+
+
 def _reply(
     agent: npt.NDArray[np.int16],
     start: float,
@@ -465,8 +472,7 @@ def _reply(
         return Reply(start, end, complete, reference, None, None, len(ref), None)
     lo = max(0, round((start - TRANSCRIBE_MARGIN_S) * SAMPLE_RATE))
     hi = round((end + TRANSCRIBE_MARGIN_S) * SAMPLE_RATE)
-    pad = bytes(2 * round(TRANSCRIBE_PAD_S * SAMPLE_RATE))
-    text = transcribe(pad + agent[lo:hi].astype("<i2").tobytes() + pad)
+    text = transcribe_speech(agent[lo:hi].astype("<i2").tobytes())
     hyp = normalize(text)
     if complete or not ref:
         errors, words = word_errors(ref, hyp), len(ref)

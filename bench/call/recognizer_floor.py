@@ -14,13 +14,12 @@ import argparse
 import asyncio
 from pathlib import Path
 
-from bench.call.analysis import TRANSCRIBE_PAD_S
+from bench.call.analysis import SAMPLE_RATE, transcribe_speech
 from bench.call.script import load_script
 from bench.common import local_tts_server
-from tests.server.asr import normalize, transcribe, word_errors
+from tests.server.asr import normalize, word_errors
 from tts_custom.knowlithictts import TTS
 
-SAMPLE_RATE = 16000
 SCRIPT = Path(__file__).resolve().parent / "scripts" / "tuning.json"
 
 
@@ -28,14 +27,13 @@ async def floor(script_path: Path) -> list[tuple[str, str, int, int]]:
     """(reply, transcript, word errors, reference words) for every reply of the script."""
     script = load_script(script_path)
     replies = [script.greeting, *(t.reply for t in script.turns)]
-    pad = bytes(2 * round(TRANSCRIBE_PAD_S * SAMPLE_RATE))
     rows = []
     async with local_tts_server() as url:
         tts = TTS(base_url=url, sample_rate=SAMPLE_RATE)
         try:
             for reply in replies:
                 pcm = b"".join([e.frame.data.tobytes() async for e in tts.synthesize(reply)])
-                heard = await asyncio.to_thread(transcribe, pad + pcm + pad)
+                heard = await asyncio.to_thread(transcribe_speech, pcm)
                 reference = normalize(reply)
                 rows.append(
                     (reply, heard, word_errors(reference, normalize(heard)), len(reference))
