@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Final, TypeVar
 from urllib.parse import urlsplit
 
+from knowlithic_protocol import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
 from tts_custom.knowlithictts import URL_SCHEMES, header_safe_key
-from tts_custom.protocol import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
 
 __all__ = [
     "DEFAULT_GROQ_MODEL",

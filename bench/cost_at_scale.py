@@ -29,10 +29,10 @@ from pathlib import Path
 
 import aiohttp
 
+import knowlithic_protocol as protocol
 from bench.common import machine, plot_path, prewarmed, table
 from bench.minimal_plugin import MinimalTTS
 from bench.stamp_server import stamp_server
-from tts_custom import protocol
 from tts_custom.knowlithictts import TTS
 
 RATE = 24000

@@ -16,7 +16,7 @@ import struct
 import aiohttp
 from livekit.agents import DEFAULT_API_CONNECT_OPTIONS, APIConnectOptions, tokenize, tts, utils
 
-from tts_custom import protocol
+import knowlithic_protocol as protocol
 
 _HEADER = struct.Struct(">H")
 _DONE = b""

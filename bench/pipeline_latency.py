@@ -29,6 +29,7 @@ from pathlib import Path
 import aiohttp
 from livekit.agents import Agent, AgentSession
 
+import knowlithic_protocol as protocol
 from bench.common import (
     local_tts_server,
     machine,
@@ -40,7 +41,6 @@ from bench.common import (
 )
 from tests.audio_capture import CapturingAudioOutput
 from tests.scripted_llm import ScriptedLLM
-from tts_custom import protocol
 from tts_custom.knowlithictts import TTS
 from tts_server.bench import time_request
 

@@ -29,9 +29,10 @@ from pathlib import Path
 
 import aiohttp
 
+import knowlithic_protocol as protocol
 from bench.common import machine, percentiles, plot_cdf, plot_path, prewarmed, table
 from bench.stamp_server import StampLog, stamp_server
-from tts_custom import protocol, synthesis
+from tts_custom import synthesis
 from tts_custom.knowlithictts import TTS
 
 _HEADER = struct.Struct(">H")

@@ -46,8 +46,8 @@ from pathlib import Path
 import aiohttp
 from livekit.agents import APIConnectOptions, APIStatusError
 
+import knowlithic_protocol as protocol
 from bench.common import free_port, plot_path, wait_healthy
-from tts_custom import protocol
 from tts_custom.knowlithictts import TTS
 
 REPO = Path(__file__).resolve().parents[1]

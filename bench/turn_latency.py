@@ -32,9 +32,9 @@ from typing import Any
 import aiohttp
 from livekit.agents.utils import ConnectionPool
 
+import knowlithic_protocol as protocol
 from bench.common import delay_proxy_process, machine, percentiles, plot_path, prewarmed, table
 from bench.stamp_server import StampLog, stamp_server
-from tts_custom import protocol
 from tts_custom.knowlithictts import TTS
 
 SERVER_FIRST_MS = 40

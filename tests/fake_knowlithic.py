@@ -24,7 +24,7 @@ from typing import Any, Literal
 import numpy as np
 from aiohttp import WSMessage, WSMsgType, web
 
-from tts_custom import protocol
+import knowlithic_protocol as protocol
 
 Payload = Literal["request", "pcm", "wav_per_request", "wav_per_message"]
 Transport = Literal["auto", "base64", "binary"]

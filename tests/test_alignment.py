@@ -1,7 +1,7 @@
 from __future__ import annotations
 
+from knowlithic_protocol import WordTiming as W
 from tts_custom.alignment import TimedText, align_words
-from tts_custom.protocol import WordTiming as W
 
 
 def test_pieces_rebuild_the_text_exactly() -> None:

@@ -20,11 +20,11 @@ from livekit.agents import (
 )
 from livekit.agents import tts as lk_tts
 
+import knowlithic_protocol as protocol
 from tests.conftest import MakeTTS
 from tests.fake_knowlithic import FakeKnowlithicServer, speech_for
 from tests.plugin_helpers import Spoken, eventually, expected_digest, speak
 from tests.raw_peers import DeafPeer, HangingUpgrade
-from tts_custom import protocol
 from tts_custom.backoff import Backoff
 from tts_custom.connection import CLOSE_TIMEOUT, MAX_MESSAGE_SIZE, ConnectionLost, connect
 

@@ -16,11 +16,11 @@ from livekit.agents import (
 )
 from livekit.agents.tts import TTSError
 
+import knowlithic_protocol as protocol
 from tests.conftest import MakeTTS
 from tests.fake_knowlithic import FakeKnowlithicServer
 from tests.loopback import free_port
 from tests.plugin_helpers import expected_digest, speak, synthesize
-from tts_custom import protocol
 from tts_custom.knowlithictts import TTS
 
 TEXT = ("A sentence that must be heard once.", "And the one after it, once too.")

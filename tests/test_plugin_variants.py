@@ -9,10 +9,11 @@ from typing import Any
 import pytest
 from livekit.agents import APIStatusError
 
+from knowlithic_protocol.formats import AudioFormatError
+from knowlithic_protocol.formats.wav import WavDecoder
 from tests.conftest import MakeTTS
 from tests.fake_knowlithic import SECONDS_PER_CHAR, FakeKnowlithicServer, wav_header
 from tests.plugin_helpers import Spoken, expected_digest, speak
-from tts_custom.payload import AudioFormatError, PayloadDecoder
 
 TEXT = ("The first sentence of the reply.", "A second one follows right after.")
 
@@ -83,7 +84,7 @@ async def test_an_impossible_stated_rate_fails_its_request_only(
 
 
 def test_a_wav_header_rate_has_the_same_bounds() -> None:
-    decoder = PayloadDecoder(sample_rate=16000)
+    decoder = WavDecoder(sample_rate=16000)
     with pytest.raises(AudioFormatError, match="1000 Hz"):
         decoder.feed(wav_header(1000, 0xFFFFFFFF) + b"\x00" * 64)
 

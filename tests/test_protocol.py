@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tts_custom import protocol as p
+import knowlithic_protocol as p
 
 ids = st.text(st.characters(codec="utf-8"), min_size=1, max_size=p.MAX_REQUEST_ID_LENGTH)
 texts = st.text(st.characters(codec="utf-8"), max_size=300)
@@ -25,6 +25,7 @@ rates = st.integers(p.MIN_SAMPLE_RATE, p.MAX_SAMPLE_RATE)
     st.sampled_from(p.OUTPUT_FORMATS),
     st.booleans(),
     st.one_of(st.none(), ids),
+    st.one_of(st.none(), st.integers(p.MIN_BITRATE, p.MAX_BITRATE)),
 )
 def test_text_to_speech_round_trips(
     request_id: str,
@@ -34,8 +35,9 @@ def test_text_to_speech_round_trips(
     fmt: p.OutputFormat,
     words: bool,
     stream_id: str | None,
+    bitrate: int | None,
 ) -> None:
-    msg = p.TextToSpeech(request_id, text, voice, rate, fmt, words, stream_id)
+    msg = p.TextToSpeech(request_id, text, voice, rate, fmt, words, stream_id, bitrate)
     assert p.decode_client_message(p.encode_client_message(msg)) == msg
 
 
@@ -171,6 +173,11 @@ def test_malformed_server_frames_raise_protocol_errors(frame: str | bytes) -> No
         (
             '{"type": "text_to_speech", "request_id": "r", "text": "\\udc80", "voice": "v", '
             '"sample_rate": 16000}',
+            p.ERR_BAD_REQUEST,
+        ),
+        (
+            '{"type": "text_to_speech", "request_id": "r", "text": "a", "voice": "v", '
+            '"sample_rate": 16000, "bitrate": 1000000}',
             p.ERR_BAD_REQUEST,
         ),
         ('{"type": "cancel", "request_id": "\\ud800"}', p.ERR_BAD_REQUEST),

@@ -1,8 +1,7 @@
 """Knowlithic TTS plugin for LiveKit Agents.
 
-Use it as ``from tts_custom.knowlithictts import TTS``.  This package's ``__init__`` imports
-nothing from LiveKit so that the self-hosted server can share :mod:`tts_custom.protocol`
-without depending on the agents framework.
+Use it as ``from tts_custom.knowlithictts import TTS``.  The wire protocol it speaks is the
+:mod:`knowlithic_protocol` package, which the self-hosted server stands on too.
 """
 
 __version__ = "0.1.0"

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .protocol import WordTiming
+from knowlithic_protocol import WordTiming
 
 
 @dataclass(frozen=True)

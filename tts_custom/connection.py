@@ -1,9 +1,9 @@
 """One WebSocket to a Knowlithic TTS server, shared by every request of a TTS instance.
 
-A :class:`Connection` owns the socket's receive loop and routes each server message to the
-:class:`RequestChannel` of the request it names.  Messages for a request nobody waits for any
-more (it was cancelled, or it timed out) are dropped, which is what keeps a barge-in's late
-audio out of the next turn.  When the socket dies, every open request learns it at once.
+A :class:`Connection` owns the socket's receive loop and hands each server message to the
+:class:`RequestChannel` of its request.  Which request that is, and when a request is over,
+is :class:`knowlithic_protocol.client.ClientProtocol`'s to say: this module only moves
+frames and events.  When the socket dies, every open request learns it at once.
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ from typing import Final
 import aiohttp
 from livekit.agents import APIConnectionError, APIStatusError, APITimeoutError
 
-from . import protocol
+import knowlithic_protocol as protocol
+from knowlithic_protocol.client import ClientProtocol, ConnectionMessage, Ignored
+
 from .errors import connection_lost_error, handshake_error, redact_url
 from .log import logger
 
@@ -94,15 +96,11 @@ class Connection:
         capabilities: protocol.Capabilities | None,
     ) -> None:
         self._ws = ws
-        self.capabilities = capabilities
-        self._tagged_binary = ws.protocol == protocol.SUBPROTOCOL
+        self._protocol = ClientProtocol(tagged=ws.protocol == protocol.SUBPROTOCOL)
+        self._protocol.capabilities = capabilities
         self.connected_at = time.monotonic()
         self._routes: dict[str, RequestChannel] = {}
         self._send_lock = asyncio.Lock()
-        # set once the server sent something with no request id: such a server cannot be
-        # trusted to keep a cancelled request's late audio apart from the next request's
-        self._untagged_peer = False
-        self._last_named: str | None = None
         self._lost: ConnectionLost | None = None
         self._closing = False
         self.answered = 0  # messages the server sent for requests: proof that it works
@@ -119,6 +117,10 @@ class Connection:
         self._owed_since: float | None = None
         self._lost_at = 0.0
         self._recv_task = asyncio.create_task(self._recv_loop(), name="knowlithic.recv")
+
+    @property
+    def capabilities(self) -> protocol.Capabilities | None:
+        return self._protocol.capabilities
 
     @property
     def closed(self) -> bool:
@@ -145,6 +147,7 @@ class Connection:
         channel._slot = holds_slot
         if not self._routes:
             self._owed_since = time.monotonic()
+        self._protocol.open_request(request_id)
         self._routes[request_id] = channel
         self._idle.clear()
         return channel
@@ -172,7 +175,7 @@ class Connection:
 
     async def send(self, msg: protocol.ClientMessage) -> None:
         self._raise_if_lost()
-        frame = protocol.encode_client_message(msg)
+        frame = self._protocol.send(msg)
         try:
             async with self._send_lock:
                 await self._ws.send_str(frame)
@@ -194,7 +197,7 @@ class Connection:
         channel.close()
         if channel.finished or self.closed:
             return
-        if self._untagged_peer:
+        if self._protocol.untagged_peer:
             # its late audio would carry no id and land in the next request: drop the socket
             logger.debug("closing a connection whose server does not tag audio, to cancel")
             await self.aclose()
@@ -232,8 +235,7 @@ class Connection:
             self._slots.release()
         if self._routes.get(channel.request_id) is channel:
             del self._routes[channel.request_id]
-        if self._last_named == channel.request_id:
-            self._last_named = None
+            self._protocol.close_request(channel.request_id)
         if not self._routes:
             self._idle.set()
             self._owed_since = None
@@ -278,55 +280,34 @@ class Connection:
     def _dispatch(self, frame: str | bytes) -> None:
         if self._owed_since is not None:
             self._owed_since = time.monotonic()
-        try:
-            msg = protocol.decode_server_message(frame, tagged_binary=self._tagged_binary)
-        except protocol.ProtocolError as e:
-            logger.warning(
-                "ignoring a malformed Knowlithic TTS message: %s",
-                e,
-                extra={"request_id": e.request_id},
-            )
-            return
-        if isinstance(msg, protocol.Capabilities):
-            self.capabilities = msg
-            return
-        if isinstance(msg, protocol.Other):
-            logger.debug("ignoring Knowlithic TTS message of type %r", msg.type)
-            if msg.request_id in self._routes:
-                self._last_named = msg.request_id
-            return
-
-        channel = self._route_for(msg.request_id)
-        if channel is None:
-            if isinstance(msg, protocol.Error) and msg.request_id is None:
-                logger.warning("Knowlithic TTS reported an error: %s (%s)", msg.message, msg.code)
+        event = self._protocol.receive(frame)
+        if isinstance(event, Ignored):
+            if event.reason == "malformed":
+                logger.warning(
+                    "ignoring a malformed Knowlithic TTS message: %s",
+                    event.detail,
+                    extra={"request_id": event.request_id},
+                )
             else:
                 logger.debug(
-                    "dropping a message for a finished request",
-                    extra={"request_id": msg.request_id},
+                    "ignoring a Knowlithic TTS message (%s: %s)",
+                    event.reason,
+                    event.detail,
+                    extra={"request_id": event.request_id},
                 )
             return
-        channel._deliver(msg)
+        if isinstance(event, ConnectionMessage):
+            if isinstance(event.message, protocol.Error):
+                msg = event.message
+                logger.warning("Knowlithic TTS reported an error: %s (%s)", msg.message, msg.code)
+            return
+        channel = self._routes[event.request_id]
+        channel._deliver(event.message)
         self.answered += 1
         if self.answered == 1 and self.on_first_answer is not None:
             self.on_first_answer()
-        if channel.finished:
-            # unroute now: the next untagged message already belongs to the next request
+        if event.final:
             self._unroute(channel)
-
-    def _route_for(self, request_id: str | None) -> RequestChannel | None:
-        if request_id is not None:
-            channel = self._routes.get(request_id)
-            if channel is not None:
-                self._last_named = request_id
-            return channel
-        if self._tagged_binary:
-            return None  # knowlithic.v1 tags everything: no id means it is about the connection
-        # no id: legacy servers answer requests one at a time, in the order they were sent
-        self._untagged_peer = True
-        if self._last_named is not None and self._last_named in self._routes:
-            return self._routes[self._last_named]
-        return next(iter(self._routes.values()), None)
 
     def _fail_all(self, lost: ConnectionLost) -> None:
         if self._lost is None:

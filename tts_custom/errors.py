@@ -13,7 +13,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from livekit.agents import APIConnectionError, APIError, APIStatusError, APITimeoutError
 
-from . import protocol
+import knowlithic_protocol as protocol
 
 _AUTH_REFUSED: Final = frozenset({401, 403})
 _OVERLOADED: Final = frozenset({408, 429})

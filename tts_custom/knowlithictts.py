@@ -25,7 +25,8 @@ from livekit.agents import APIConnectOptions, tokenize, tts, utils
 from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, NOT_GIVEN, NotGivenOr
 from livekit.agents.utils import is_given
 
-from . import protocol
+import knowlithic_protocol as protocol
+
 from .backoff import Outage, Patience
 from .connection import Connection, connect
 from .log import logger

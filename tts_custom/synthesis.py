@@ -25,6 +25,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterable, Awaitable, Callable
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Protocol
 
 import numpy as np
@@ -32,13 +33,14 @@ from livekit import rtc
 from livekit.agents import APIConnectionError, APIError, APIStatusError, APITimeoutError, tts
 from livekit.agents.types import TimedString
 
-from . import protocol
+import knowlithic_protocol as protocol
+from knowlithic_protocol.formats import AudioFormatError, PcmChunk, new_decoder
+
 from .alignment import align_words
 from .backoff import Patience
 from .connection import Connection, ConnectionLost, RequestChannel
 from .errors import connection_lost_error, did_not_come_back, final, server_error, unsupported
 from .log import logger
-from .payload import AudioFormatError, PayloadDecoder, PcmChunk
 from .shared_connection import Acquired
 
 # bounds the wait for a cancel to be written when the socket is stalled
@@ -317,7 +319,7 @@ class SentenceSynthesis:
     async def _play_attempt(self, sentence: _Sentence) -> None:
         assert sentence.channel is not None
         channel = sentence.channel
-        decoder = PayloadDecoder(sample_rate=self._template.sample_rate)
+        decoder = new_decoder(self._template.output_format, sample_rate=self._template.sample_rate)
         self._sink.skip(sentence.played)  # a new rendition resumes where the last one stopped
         patience = self._patience
         while True:
@@ -330,14 +332,7 @@ class SentenceSynthesis:
             if isinstance(event, protocol.Audio):
                 if patience.since is not None:
                     patience.recovered()
-                try:
-                    chunk = decoder.feed(event.data, sample_rate=event.sample_rate)
-                except AudioFormatError as e:
-                    raise APIStatusError(
-                        f"Knowlithic TTS sent audio that cannot be played: {e}",
-                        status_code=502,
-                        retryable=False,
-                    ) from None
+                chunk = _decoded(partial(decoder.feed, event.data, sample_rate=event.sample_rate))
                 if chunk is not None:
                     sentence.played += self._sink.write(chunk)
             elif isinstance(event, protocol.WordTimestamps):
@@ -347,7 +342,10 @@ class SentenceSynthesis:
                     patience.fault(began)
                     raise APIConnectionError("Knowlithic TTS cancelled the request itself")
                 if decoder.pending_bytes:
-                    logger.debug("dropping %d bytes of a partial sample", decoder.pending_bytes)
+                    logger.debug("%d bytes were left undecoded", decoder.pending_bytes)
+                chunk = _decoded(decoder.finish)
+                if chunk is not None:
+                    sentence.played += self._sink.write(chunk)
                 self._sink.skip(0)
                 return
             elif isinstance(event, protocol.Error):
@@ -388,6 +386,18 @@ class SentenceSynthesis:
                 continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(sentence.channel.cancel(), _CANCEL_SEND_TIMEOUT)
+
+
+def _decoded(step: Callable[[], PcmChunk | None]) -> PcmChunk | None:
+    """One decoder step; audio that cannot be played fails the request, not the socket."""
+    try:
+        return step()
+    except AudioFormatError as e:
+        raise APIStatusError(
+            f"Knowlithic TTS sent audio that cannot be played: {e}",
+            status_code=502,
+            retryable=False,
+        ) from None
 
 
 async def _answered(sentence: _Sentence) -> None:

@@ -14,7 +14,7 @@ from typing import Final
 
 from aiohttp import web
 
-from tts_custom import protocol
+import knowlithic_protocol as protocol
 
 from . import __version__
 from .admission import Capacity, RateLimiter, Streams

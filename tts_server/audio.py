@@ -1,4 +1,4 @@
-"""Audio shaping between Piper and the wire: gain, edges, resampling, chunking, WAV header.
+"""Audio shaping between Piper and the wire: gain, edges, resampling, chunking.
 
 All of it is plain numpy on float32 mono samples in [-1, 1] until :func:`to_s16le`.
 """
@@ -6,7 +6,6 @@ All of it is plain numpy on float32 mono samples in [-1, 1] until :func:`to_s16l
 from __future__ import annotations
 
 import math
-import struct
 from typing import Final
 
 import numpy as np
@@ -26,7 +25,6 @@ FADE_SECONDS: Final = 0.008
 LIMITER_KNEE: Final = 0.7
 MIN_GAIN: Final = 0.25
 MAX_GAIN: Final = 8.0
-WAV_HEADER_SIZE: Final = 44
 
 
 def db_to_gain(db: float) -> float:
@@ -128,24 +126,6 @@ def chunk_sizes(total: int, target: int) -> list[int]:
     count = -(-total // target)
     base, extra = divmod(total, count)
     return [base + 1] * extra + [base] * (count - extra)
-
-
-def wav_header(sample_rate: int) -> bytes:
-    """A mono 16-bit PCM WAV header for a stream of unknown length.
-
-    Both size fields are 0xFFFFFFFF ("unknown, read to the end"), as streaming servers do:
-    the length is not known when the header is sent.
-    """
-    unknown = 0xFFFFFFFF
-    return (
-        b"RIFF"
-        + struct.pack("<I", unknown)
-        + b"WAVE"
-        + b"fmt "
-        + struct.pack("<IHHIIHH", 16, 1, 1, sample_rate, sample_rate * 2, 2, 16)
-        + b"data"
-        + struct.pack("<I", unknown)
-    )
 
 
 class StreamResampler:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from tts_custom import protocol
+import knowlithic_protocol as protocol
 
 TEXTS = {
     "short": "Hello, how can I help you today?",

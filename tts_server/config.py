@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Final
 
-from tts_custom import protocol
+import knowlithic_protocol as protocol
 
 BUNDLED_VOICE: Final = "joe"
 # Replies spoken at once.  bench/server_capacity.py measured 10 kept real-time (first audio

@@ -2,8 +2,9 @@
 
 Every accepted request runs as its own task, so several can be in flight on one connection;
 each task sends its own messages in order.  Every request ends with exactly one terminal
-message: ``Complete``, ``Complete(cancelled=True)`` after a ``Cancel``, or ``Error``.  A
-request refused at admission gets only its ``Error``.
+message: ``Complete``, ``Complete(cancelled=True)`` after a ``Cancel``, or ``Error``; a
+request refused at admission gets only its ``Error``.  Those rules are kept by
+:class:`knowlithic_protocol.server.ServerProtocol`, through which every frame goes.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from typing import Final, Literal
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from tts_custom import protocol
+import knowlithic_protocol as protocol
+from knowlithic_protocol import formats
+from knowlithic_protocol.server import Invalid, ServerProtocol
 
 from . import audio
 from .admission import StreamKey
@@ -102,8 +105,9 @@ class Session:
         self._abort = abort
         self.state = state
         self.client = client
-        self.binary_audio = binary_audio
+
         self._requests: dict[str, _Request] = {}
+        self._protocol = ServerProtocol(binary_audio=binary_audio)
         self._send_lock = asyncio.Lock()
         self._gone = False  # dropped for not reading: nothing more is sent
 
@@ -116,7 +120,7 @@ class Session:
     async def run(self) -> None:
         """Serve the connection until it closes."""
         try:
-            if self.binary_audio:
+            if self._protocol.binary_audio:
                 await self._send(self.state.capabilities())
             async for message in self.ws:
                 if message.type in (WSMsgType.TEXT, WSMsgType.BINARY):
@@ -162,10 +166,9 @@ class Session:
             await self._send_error(protocol.ERR_INTERNAL, "the server failed on this message", None)
 
     async def _handle(self, frame: str | bytes) -> None:
-        try:
-            msg = protocol.decode_client_message(frame)
-        except protocol.ProtocolError as e:
-            await self._send_error(e.code, str(e), e.request_id)
+        msg = self._protocol.receive(frame)
+        if isinstance(msg, Invalid):
+            await self._send_error(msg.error.code, str(msg.error), msg.error.request_id)
             return
         if isinstance(msg, protocol.Cancel):
             self._cancel(msg.request_id)
@@ -192,6 +195,7 @@ class Session:
         if not segments:
             # Nothing to say (empty, spaces, emoji, bare tags): done at once, no room taken.
             state.metrics.requests.labels("complete").inc()
+            self._protocol.start(rid)
             await self._send(protocol.Complete(rid))
             return
         stream = (self.client, msg.stream_id) if msg.stream_id is not None else None
@@ -210,6 +214,7 @@ class Session:
         now = asyncio.get_running_loop().time()
         request = _Request(msg, voice, now, segments, stream, now + delay, estimate)
         self._requests[rid] = request
+        self._protocol.start(rid)
         state.metrics.active_requests.inc()
         request.task = asyncio.create_task(self._serve(request), name=f"tts-request-{rid[:40]}")
 
@@ -238,7 +243,7 @@ class Session:
         state, config = self.state, self.state.config
         if state.shutting_down:
             return protocol.ERR_SHUTTING_DOWN, "the server is shutting down"
-        if msg.request_id in self._requests:
+        if self._protocol.is_in_flight(msg.request_id):
             return (
                 protocol.ERR_DUPLICATE_REQUEST,
                 "this request id is already in flight on this connection; the first request "
@@ -310,6 +315,8 @@ class Session:
             )
             self.state.metrics.active_requests.dec()
             self.state.metrics.requests.labels(outcome).inc()
+            if terminal is None:
+                self._protocol.abandon(rid)
         if terminal is not None:
             if isinstance(terminal, protocol.Error):
                 self.state.metrics.errors.labels(terminal.code).inc()
@@ -327,7 +334,7 @@ class Session:
         elapsed = 0.0  # seconds of this request's audio before the current segment
         compute = 0.0
         sequence = 0
-        header = audio.wav_header(msg.sample_rate) if msg.output_format == "wav" else b""
+        encoder = formats.new_encoder(msg.output_format, sample_rate=msg.sample_rate)
         for index, segment in enumerate(segments):
             render = functools.partial(
                 voice.render,
@@ -358,8 +365,8 @@ class Session:
             for size in audio.chunk_sizes(len(rendered.pcm) // 2, chunk_samples):
                 data = rendered.pcm[position : position + size * 2]
                 position += size * 2
+                data = encoder.encode(data)
                 if sequence == 0:
-                    data = header + data
                     state.metrics.time_to_first_audio.observe(loop.time() - request.arrived)
                 await self._send(
                     protocol.Audio(
@@ -384,7 +391,9 @@ class Session:
     # -- outgoing ------------------------------------------------------------------------------
 
     async def _send(self, msg: protocol.ServerMessage) -> None:
-        frame = protocol.encode_server_message(msg, binary_audio=self.binary_audio)
+        await self._write(self._protocol.send(msg))
+
+    async def _write(self, frame: str | bytes) -> None:
         async with self._send_lock:
             if self.ws.closed or self._gone:
                 raise _ConnectionGone
@@ -420,7 +429,9 @@ class Session:
     async def _send_error(self, code: str, message: str, request_id: str | None) -> None:
         self.state.metrics.errors.labels(code).inc()
         with contextlib.suppress(_ConnectionGone):
-            await self._send(protocol.error(code, message, request_id=request_id))
+            await self._write(
+                self._protocol.refuse(protocol.error(code, message, request_id=request_id))
+            )
 
 
 def _shifted(words: tuple[TimedWord, ...], offset: float) -> tuple[protocol.WordTiming, ...]:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from piper import SynthesisConfig
 
-from tts_custom import protocol
+import knowlithic_protocol as protocol
 
 from .admission import Capacity, RateLimiter, Streams
 from .config import ServerConfig

@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
-from tts_custom import protocol
+import knowlithic_protocol as protocol
 from tts_server.app import create_app
 from tts_server.engine import Engine
 from tts_server.httplog import runner_options

@@ -11,7 +11,7 @@ from typing import Any
 import aiohttp
 from aiohttp.test_utils import TestServer
 
-from tts_custom import protocol
+import knowlithic_protocol as protocol
 from tts_server.app import server_state, stop
 from tts_server.config import ServerConfig
 from tts_server.state import ServerState

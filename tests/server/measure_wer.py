@@ -16,7 +16,7 @@ import statistics
 import aiohttp
 from aiohttp.test_utils import TestServer
 
-from tts_custom import protocol
+import knowlithic_protocol as protocol
 from tts_server.app import create_app
 
 from .asr import ASR_SAMPLE_RATE, transcribe, word_error_rate

@@ -22,18 +22,6 @@ def test_chunks_cover_everything_and_are_never_runts(total: int, target: int) ->
         assert all(size >= target // 2 for size in sizes)
 
 
-def test_wav_header_says_mono_16_bit_of_unknown_length() -> None:
-    header = audio.wav_header(24000)
-    assert len(header) == audio.WAV_HEADER_SIZE
-    riff, riff_size, wave, fmt, fmt_size = struct.unpack_from("<4sI4s4sI", header)
-    assert (riff, wave, fmt, fmt_size) == (b"RIFF", b"WAVE", b"fmt ", 16)
-    assert riff_size == 0xFFFFFFFF
-    tag, channels, rate, byte_rate, align, bits = struct.unpack_from("<HHIIHH", header, 20)
-    assert (tag, channels, rate, byte_rate, align, bits) == (1, 1, 24000, 48000, 2, 16)
-    assert header[36:40] == b"data"
-    assert struct.unpack_from("<I", header, 40)[0] == 0xFFFFFFFF
-
-
 def test_soft_limit_leaves_quiet_audio_alone_and_never_clips() -> None:
     quiet = np.linspace(-0.6, 0.6, 101, dtype=np.float32)
     assert np.array_equal(audio.soft_limit(quiet), quiet)

@@ -10,9 +10,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+import knowlithic_protocol as protocol
 from tests.loopback import free_port
 from tests.server_process import ServerProcess
-from tts_custom import protocol
 from tts_server.config import load_config, min_message_size
 
 from .helpers import Client

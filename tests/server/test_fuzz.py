@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tts_custom import protocol
+import knowlithic_protocol as protocol
 
 from .helpers import Client, Connect, RunningServer, StartServer
 

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
-from tts_custom import protocol
+import knowlithic_protocol as protocol
 from tts_server.config import MAX_VOICE_LENGTH, min_message_size
 
 from .helpers import Client, Connect, RunningServer, StartServer

@@ -8,7 +8,7 @@ import time
 import aiohttp
 import pytest
 
-from tts_custom import protocol
+import knowlithic_protocol as protocol
 
 from .helpers import Client, Connect, RunningServer, StartServer
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import aiohttp
 import pytest
 
-from tts_custom import protocol
+import knowlithic_protocol as protocol
 
 from .helpers import Connect, StartServer
 

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tts_custom import protocol
+import knowlithic_protocol as protocol
 from tts_server.markup import strip_markup
 from tts_server.text import SPELLED_LETTER_COST, split_segments
 

@@ -10,8 +10,8 @@ import struct
 import aiohttp
 import pytest
 
-from tts_custom import protocol
-from tts_server.audio import WAV_HEADER_SIZE
+import knowlithic_protocol as protocol
+from knowlithic_protocol.formats.wav import WAV_HEADER_SIZE
 from tts_server.state import SAMPLE_RATES
 
 from .helpers import Client, Connect, RunningServer, StartServer

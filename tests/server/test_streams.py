@@ -10,8 +10,8 @@ import aiohttp
 import pytest
 from livekit.agents import APIConnectOptions, APIStatusError
 
+import knowlithic_protocol as protocol
 from tests.plugin_helpers import Spoken, speak
-from tts_custom import protocol
 from tts_custom.knowlithictts import TTS
 from tts_server.admission import Streams
 from tts_server.config import DEFAULT_MAX_STREAMS, load_config

@@ -1,9 +1,6 @@
-"""The Knowlithic TTS wire protocol, sans-I/O.
+"""Messages to WebSocket frames and back, sans-I/O.
 
-Pure dataclasses and functions that turn protocol messages into WebSocket frames and back.
-Nothing here touches a socket, a clock or an event loop, so the plugin (client side) and the
-self-hosted server share one definition of every message.  ``docs/protocol.md`` is the prose
-specification of what this module implements.
+Pure functions: nothing here touches a socket, a clock or an event loop.
 
 Two dialects share one decoder:
 
@@ -12,7 +9,7 @@ Two dialects share one decoder:
   (a big-endian ``uint16`` header length, a JSON header, then the payload).
 * legacy: what the seeds' servers send.  Audio is base64 in JSON (``audio_data`` or ``data``)
   or untagged binary frames; completion is ``complete``, ``done`` or ``SYNTHESIS_COMPLETED``.
-  Messages without a request id decode with ``request_id=None`` and the client attributes them.
+  Messages without a request id decode with ``request_id=None``; :mod:`.client` attributes them.
 """
 
 from __future__ import annotations
@@ -22,184 +19,39 @@ import binascii
 import json
 import struct
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any, Final, Literal, TypeAlias, get_args
+from typing import Any, Final
 
-PROTOCOL_VERSION: Final = 1
-SUBPROTOCOL: Final = "knowlithic.v1"
-
-OutputFormat: TypeAlias = Literal["pcm", "wav"]
-OUTPUT_FORMATS: Final[tuple[OutputFormat, ...]] = get_args(OutputFormat)
-
-MIN_SAMPLE_RATE: Final = 8000
-MAX_SAMPLE_RATE: Final = 48000
-MAX_REQUEST_ID_LENGTH: Final = 128
-MAX_VOICE_LENGTH: Final = 128
-
-# Error codes the server sends.  Clients treat unknown codes as not retryable unless the
-# message says otherwise.
-ERR_BAD_REQUEST: Final = "bad_request"
-ERR_UNKNOWN_VOICE: Final = "unknown_voice"
-ERR_UNSUPPORTED: Final = "unsupported"
-ERR_TEXT_TOO_LONG: Final = "text_too_long"
-ERR_DUPLICATE_REQUEST: Final = "duplicate_request_id"
-ERR_TOO_MANY_REQUESTS: Final = "too_many_requests"
-ERR_BUSY: Final = "busy"
-ERR_RATE_LIMITED: Final = "rate_limited"
-ERR_INTERNAL: Final = "internal"
-ERR_SHUTTING_DOWN: Final = "shutting_down"
-RETRYABLE_ERROR_CODES: Final = frozenset(
-    {ERR_TOO_MANY_REQUESTS, ERR_BUSY, ERR_RATE_LIMITED, ERR_INTERNAL, ERR_SHUTTING_DOWN}
+from .formats import OUTPUT_FORMATS
+from .limits import (
+    MAX_BITRATE,
+    MAX_REQUEST_ID_LENGTH,
+    MAX_SAMPLE_RATE,
+    MAX_VOICE_LENGTH,
+    MIN_BITRATE,
+    MIN_SAMPLE_RATE,
+)
+from .messages import (
+    ERR_UNSUPPORTED,
+    Audio,
+    Cancel,
+    Capabilities,
+    ClientMessage,
+    Complete,
+    Error,
+    Keepalive,
+    Other,
+    ProtocolError,
+    ServerMessage,
+    TextToSpeech,
+    WordTimestamps,
+    WordTiming,
+    error,
 )
 
 _COMPLETE_TYPES: Final = frozenset({"complete", "completed", "done", "synthesis_completed"})
 _AUDIO_TYPES: Final = frozenset({"audio", "audio_chunk"})
 _AUDIO_FIELDS: Final = ("audio_data", "data", "audio")
 _BINARY_HEADER: Final = struct.Struct(">H")
-
-
-class ProtocolError(ValueError):
-    """A frame that is not a valid protocol message.
-
-    ``code`` is the error code a server answers with; ``request_id`` is set when the frame
-    was readable enough to name the request it belongs to.
-    """
-
-    def __init__(
-        self, message: str, *, code: str = ERR_BAD_REQUEST, request_id: str | None = None
-    ) -> None:
-        super().__init__(message)
-        self.code = code
-        self.request_id = request_id
-
-
-# ---------------------------------------------------------------------------------------------
-# client -> server
-
-
-@dataclass(frozen=True)
-class TextToSpeech:
-    """Synthesize ``text`` and stream its audio back, tagged with ``request_id``.
-
-    ``stream_id`` groups the requests of one reply (one per sentence): a server admits or
-    refuses a reply as a whole, so a reply it started is never cut off for lack of capacity.
-    """
-
-    request_id: str
-    text: str
-    voice: str
-    sample_rate: int
-    output_format: OutputFormat = "wav"
-    word_timestamps: bool = False
-    stream_id: str | None = None
-
-
-@dataclass(frozen=True)
-class Cancel:
-    """Stop a request.  The server ends it with ``Complete(cancelled=True)``."""
-
-    request_id: str
-
-
-@dataclass(frozen=True)
-class Keepalive:
-    """Application-level keepalive for peers that do not answer WebSocket pings."""
-
-
-ClientMessage: TypeAlias = TextToSpeech | Cancel | Keepalive
-
-
-# ---------------------------------------------------------------------------------------------
-# server -> client
-
-
-@dataclass(frozen=True)
-class Capabilities:
-    """What a ``knowlithic.v1`` server offers; its first message on every connection."""
-
-    protocol_version: int
-    voices: tuple[str, ...]
-    output_formats: tuple[str, ...]
-    sample_rates: tuple[int, ...]
-    word_timestamps: bool = False
-    max_text_length: int | None = None
-    max_requests_in_flight: int | None = None
-
-
-@dataclass(frozen=True)
-class Audio:
-    """A piece of a request's audio: raw s16le PCM or (part of) a WAV file.
-
-    ``request_id`` is ``None`` when the server did not say which request it belongs to.
-    ``sample_rate`` is the rate of raw PCM as the server states it, if it does.
-    """
-
-    request_id: str | None
-    data: bytes
-    sample_rate: int | None = None
-    sequence: int | None = None
-
-
-@dataclass(frozen=True)
-class WordTiming:
-    word: str
-    start: float
-    end: float
-
-
-@dataclass(frozen=True)
-class WordTimestamps:
-    """Word times in seconds from the start of the request's audio.
-
-    ``estimated`` marks times derived from phoneme counts rather than the engine's alignment.
-    """
-
-    request_id: str | None
-    words: tuple[WordTiming, ...]
-    estimated: bool = False
-
-
-@dataclass(frozen=True)
-class Complete:
-    """The request has ended; no more messages follow for it."""
-
-    request_id: str | None
-    cancelled: bool = False
-
-
-@dataclass(frozen=True)
-class Error:
-    """The server refused or failed a request (or the connection, with no request id)."""
-
-    request_id: str | None
-    code: str
-    message: str
-    retryable: bool = False
-
-
-@dataclass(frozen=True)
-class Other:
-    """A message type this protocol does not define (``ready``, ``audio_start``, ...)."""
-
-    type: str
-    request_id: str | None = None
-    fields: Mapping[str, Any] = field(default_factory=dict)
-
-
-ServerMessage: TypeAlias = Capabilities | Audio | WordTimestamps | Complete | Error | Other
-
-
-def error(
-    code: str, message: str, *, request_id: str | None = None, retryable: bool | None = None
-) -> Error:
-    """An :class:`Error` whose retryability follows from its code unless given."""
-    if retryable is None:
-        retryable = code in RETRYABLE_ERROR_CODES
-    return Error(request_id=request_id, code=code, message=message, retryable=retryable)
-
-
-# ---------------------------------------------------------------------------------------------
-# encoding
 
 
 def encode_client_message(msg: ClientMessage) -> str:
@@ -217,6 +69,8 @@ def encode_client_message(msg: ClientMessage) -> str:
             payload["word_timestamps"] = True
         if msg.stream_id is not None:
             payload["stream_id"] = msg.stream_id
+        if msg.bitrate is not None:
+            payload["bitrate"] = msg.bitrate
     elif isinstance(msg, Cancel):
         payload = {"type": "cancel", "request_id": msg.request_id}
     else:
@@ -349,7 +203,18 @@ def decode_client_message(frame: str | bytes) -> ClientMessage:
         output_format=output_format,
         word_timestamps=word_timestamps,
         stream_id=stream_id,
+        bitrate=_bitrate(obj, request_id),
     )
+
+
+def _bitrate(obj: Mapping[str, Any], request_id: str) -> int | None:
+    bitrate = _optional_int(obj, "bitrate", request_id)
+    if bitrate is not None and not MIN_BITRATE <= bitrate <= MAX_BITRATE:
+        raise ProtocolError(
+            f"'bitrate' must be from {MIN_BITRATE} to {MAX_BITRATE} bit/s",
+            request_id=request_id,
+        )
+    return bitrate
 
 
 def decode_server_message(frame: str | bytes, *, tagged_binary: bool) -> ServerMessage:

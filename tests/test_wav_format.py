@@ -8,14 +8,17 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from knowlithic_protocol import formats
+from knowlithic_protocol.formats import AudioFormatError
+from knowlithic_protocol.formats.wav import WAV_HEADER_SIZE, WavDecoder
+from knowlithic_protocol.formats.wav import wav_header as server_wav_header
 from tests.fake_knowlithic import wav_header
-from tts_custom.payload import AudioFormatError, PayloadDecoder
 
 PCM = bytes(range(256)) * 8  # 2048 bytes, 1024 samples
 
 
 def decode_all(messages: list[bytes], *, rate: int = 16000) -> tuple[bytes, set[int]]:
-    decoder = PayloadDecoder(sample_rate=rate)
+    decoder = WavDecoder(sample_rate=rate)
     out, rates = b"", set()
     for msg in messages:
         chunk = decoder.feed(msg)
@@ -72,20 +75,20 @@ def test_odd_bytes_across_per_message_wavs_are_carried() -> None:
 
 
 def test_raw_pcm_follows_the_stated_rate() -> None:
-    decoder = PayloadDecoder(sample_rate=16000)
+    decoder = WavDecoder(sample_rate=16000)
     chunk = decoder.feed(PCM, sample_rate=24000)
     assert chunk is not None and chunk.sample_rate == 24000
 
 
 def test_the_wav_header_wins_over_a_stated_rate() -> None:
-    decoder = PayloadDecoder(sample_rate=16000)
+    decoder = WavDecoder(sample_rate=16000)
     chunk = decoder.feed(wav_header(22050, 0xFFFFFFFF) + PCM, sample_rate=16000)
     assert chunk is not None and chunk.sample_rate == 22050
 
 
 def test_stereo_frames_stay_whole() -> None:
     header = bytearray(wav_header(16000, 0xFFFFFFFF, channels=2))
-    decoder = PayloadDecoder(sample_rate=16000)
+    decoder = WavDecoder(sample_rate=16000)
     sizes = []
     for part in split(bytes(header) + PCM, 301):
         if (chunk := decoder.feed(part)) is not None:
@@ -105,11 +108,11 @@ def test_stereo_frames_stay_whole() -> None:
 )
 def test_unplayable_wavs_are_refused(header: bytes) -> None:
     with pytest.raises(AudioFormatError):
-        PayloadDecoder(sample_rate=16000).feed(header + b"\x00" * 64)
+        WavDecoder(sample_rate=16000).feed(header + b"\x00" * 64)
 
 
 def test_a_runaway_header_is_refused() -> None:
-    decoder = PayloadDecoder(sample_rate=16000)
+    decoder = WavDecoder(sample_rate=16000)
     decoder.feed(b"RIFF\xff\xff\xff\xffWAVE" + b"JUNK" + struct.pack("<I", 1 << 20))
     with pytest.raises(AudioFormatError):
         for _ in range(20):
@@ -129,3 +132,44 @@ def test_a_trailer_split_across_messages_is_skipped() -> None:
     cut = len(stream) - 15
     out, _ = decode_all([stream[:cut], stream[cut:]])
     assert out == PCM
+
+
+def test_wav_header_says_mono_16_bit_of_unknown_length() -> None:
+    header = server_wav_header(24000)
+    assert len(header) == WAV_HEADER_SIZE
+    riff, riff_size, wave, fmt, fmt_size = struct.unpack_from("<4sI4s4sI", header)
+    assert (riff, wave, fmt, fmt_size) == (b"RIFF", b"WAVE", b"fmt ", 16)
+    assert riff_size == 0xFFFFFFFF
+    tag, channels, rate, byte_rate, align, bits = struct.unpack_from("<HHIIHH", header, 20)
+    assert (tag, channels, rate, byte_rate, align, bits) == (1, 1, 24000, 48000, 2, 16)
+    assert header[36:40] == b"data"
+    assert struct.unpack_from("<I", header, 40)[0] == 0xFFFFFFFF
+
+
+@pytest.mark.parametrize("name", ["pcm", "wav"])
+def test_what_a_format_s_encoder_writes_its_decoder_reads_back(name: str) -> None:
+    encoder = formats.new_encoder(name, sample_rate=24000)
+    decoder = formats.new_decoder(name, sample_rate=24000)
+    pieces = [PCM[:101], PCM[101:1000], PCM[1000:]]
+    out = b""
+    for i, piece in enumerate(pieces):
+        chunk = decoder.feed(encoder.encode(piece, last=i == len(pieces) - 1))
+        if chunk is not None:
+            assert chunk.sample_rate == 24000
+            out += chunk.pcm
+    assert out == PCM
+    assert decoder.pending_bytes == 0
+
+
+def test_the_wav_encoder_writes_one_header_for_the_whole_request() -> None:
+    encoder = formats.new_encoder("wav", sample_rate=16000)
+    first, second = encoder.encode(PCM), encoder.encode(PCM)
+    assert first == server_wav_header(16000) + PCM
+    assert second == PCM
+
+
+def test_every_declared_format_is_registered() -> None:
+    for name in formats.OUTPUT_FORMATS:
+        assert formats.get(name).name == name
+    with pytest.raises(KeyError):
+        formats.get("mp3")

@@ -1,4 +1,6 @@
-"""Turn one request's audio payloads into whole 16-bit PCM samples, sans-I/O.
+"""WAV and raw PCM payloads: the server's header writer, and a decoder that takes either.
+
+The decoder turns one request's audio payloads into whole 16-bit PCM samples.
 
 Servers send audio in several shapes, and this decoder takes all of them without being told
 which one is coming:
@@ -22,8 +24,10 @@ import struct
 from dataclasses import dataclass
 from typing import Final
 
-from .protocol import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
+from ..limits import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
+from .base import AudioFormatError, PcmChunk
 
+WAV_HEADER_SIZE: Final = 44
 _RIFF: Final = b"RIFF"
 _WAVE: Final = b"WAVE"
 _WAVE_FORMAT_PCM: Final = 1
@@ -57,19 +61,6 @@ _TRAILER_CHUNKS: Final = frozenset(
 )
 
 
-class AudioFormatError(ValueError):
-    """The payload is audio this decoder cannot play (not 16-bit PCM, or a broken header)."""
-
-
-@dataclass(frozen=True)
-class PcmChunk:
-    """Interleaved s16le samples; ``len(pcm)`` is always a whole number of frames."""
-
-    pcm: bytes
-    sample_rate: int
-    num_channels: int
-
-
 @dataclass(frozen=True)
 class _WavHeader:
     sample_rate: int
@@ -78,8 +69,8 @@ class _WavHeader:
     data_size: int | None  # None: until the stream ends
 
 
-class PayloadDecoder:
-    """Decodes the audio messages of one request, in order."""
+class WavDecoder:
+    """Decodes the audio messages of one request, raw PCM or WAV, in order."""
 
     def __init__(self, *, sample_rate: int, num_channels: int = 1) -> None:
         self._rate = sample_rate
@@ -122,6 +113,12 @@ class PayloadDecoder:
                 data += self._after_data(payload[len(data) :])
             payload = data
         return self._aligned(payload)
+
+    def finish(self) -> PcmChunk | None:
+        # half a sample at the end of a request is no sound; an unfinished header is nothing
+        self._carry = b""
+        self._header_buf.clear()
+        return None
 
     def _after_data(self, rest: bytes) -> bytes:
         """Skip the chunks after a sized ``data`` chunk; return audio if the size lied."""
@@ -239,3 +236,39 @@ def _check_rate(rate: int, where: str) -> None:
             f"{where} states a sample rate of {rate} Hz; a rate from {MIN_SAMPLE_RATE} to "
             f"{MAX_SAMPLE_RATE} Hz is needed"
         )
+
+
+def wav_header(sample_rate: int) -> bytes:
+    """A mono 16-bit PCM WAV header for a stream of unknown length.
+
+    Both size fields are 0xFFFFFFFF ("unknown, read to the end"), as streaming servers do:
+    the length is not known when the header is sent.
+    """
+    unknown = 0xFFFFFFFF
+    return (
+        _RIFF
+        + struct.pack("<I", unknown)
+        + _WAVE
+        + b"fmt "
+        + struct.pack("<IHHIIHH", 16, 1, 1, sample_rate, sample_rate * 2, 2, 16)
+        + b"data"
+        + struct.pack("<I", unknown)
+    )
+
+
+class WavEncoder:
+    """One WAV file per request: the header leads the first message, raw PCM follows."""
+
+    def __init__(self, *, sample_rate: int) -> None:
+        self._rate = sample_rate
+        self._header: bytes | None = wav_header(sample_rate)
+
+    @property
+    def sample_rate(self) -> int:
+        return self._rate
+
+    def encode(self, pcm: bytes, *, last: bool = False) -> bytes:
+        if self._header is None:
+            return pcm
+        payload, self._header = self._header + pcm, None
+        return payload
