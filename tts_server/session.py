@@ -1,17 +1,18 @@
-"""One WebSocket connection: its requests, their lifecycle, and the per-connection limits.
+"""One WebSocket connection: it moves messages between the socket and its requests.
 
-Every accepted request runs as its own task, so several can be in flight on one connection;
-each task sends its own messages in order.  Every request ends with exactly one terminal
-message: ``Complete``, ``Complete(cancelled=True)`` after a ``Cancel``, or ``Error``; a
-request refused at admission gets only its ``Error``.  Those rules are kept by
-:class:`knowlithic_protocol.server.ServerProtocol`, through which every frame goes.
+What a request gets is decided elsewhere: :mod:`.verdict` admits or refuses it, and
+:mod:`.rendering` turns it into the messages that carry its audio.  Every accepted request
+runs as its own task, so several can be in flight on one connection; each task sends its own
+messages in order.  Every request ends with exactly one terminal message: ``Complete``,
+``Complete(cancelled=True)`` after a ``Cancel``, or ``Error``; a request refused at admission
+gets only its ``Error``.  :class:`knowlithic_protocol.server.ServerProtocol`, through which
+every frame goes, keeps those rules.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,23 +21,15 @@ from typing import Final, Literal
 from aiohttp import WSCloseCode, WSMsgType, web
 
 import knowlithic_protocol as protocol
-from knowlithic_protocol import formats
 from knowlithic_protocol.server import Invalid, ServerProtocol
 
-from . import audio
 from .admission import StreamKey
-from .audio import StreamResampler
-from .config import ServerConfig
-from .engine import RenderedSegment, Voice
+from .rendering import Rendering
 from .state import ServerState
-from .text import Boundary, Segment, split_segments
-from .timestamps import TimedWord
+from .verdict import NothingToSay, Refuse, judge
 
 _LOG = logging.getLogger("tts_server.session")
 
-# Pause after a first clause split off early, and after a sentence end Piper found inside a
-# segment, as a share of the pause between sentences.
-_CLAUSE_PAUSE_RATIO: Final = 0.5
 # How long ending the last requests and the closing handshake may take at shutdown.
 _CLOSE_TIMEOUT: Final = 3.0
 
@@ -46,15 +39,9 @@ StopReason = Literal["cancel", "shutdown", "closed"]
 @dataclass
 class _Request:
     msg: protocol.TextToSpeech
-    voice: Voice
-    arrived: float
-    segments: list[Segment]
     stream: StreamKey | None
-    # When the listener needs the first audio: at once for a reply's first sentence, after
-    # the audio ahead of it for a later one.  Segment deadlines count from here.
-    needed_at: float
     estimate: float  # seconds of audio expected (a low estimate)
-    audio: float = 0.0  # seconds of audio rendered so far
+    rendering: Rendering
     task: asyncio.Task[None] | None = None
     stop_reason: StopReason | None = None
     # A task cancelled before its first step never runs its try/finally, so a request whose
@@ -73,17 +60,6 @@ class _Request:
 
 class _ConnectionGone(Exception):
     """The socket closed under a send: nobody is left to tell anything."""
-
-
-# A low estimate of the pace of speech (joe: 0.047-0.064 s per character, pauses included):
-# a later sentence of a reply is scheduled for when the audio before it would run out, and
-# guessing that moment early is safe where guessing it late would make a gap.
-_SECONDS_PER_CHARACTER: Final = 0.04
-
-
-def _estimated_seconds(segments: list[Segment], config: ServerConfig) -> float:
-    pace = config.length_scale or 1.0
-    return sum(len(s.text) for s in segments) * _SECONDS_PER_CHARACTER * pace
 
 
 def _short(value: str, limit: int = 40) -> str:
@@ -184,91 +160,31 @@ class Session:
 
     async def _admit(self, msg: protocol.TextToSpeech) -> None:
         rid, state = msg.request_id, self.state
-        voice = state.resolve(msg.voice)
-        refusal = self._refusal(msg, voice)
-        if refusal is not None or voice is None:
-            code, text = refusal or (protocol.ERR_UNKNOWN_VOICE, "unknown voice")
-            _LOG.debug("refused request %s from %s: %s", _short(rid), self.client, code)
-            await self._send_error(code, text, rid)
+        verdict = judge(
+            state,
+            msg,
+            client=self.client,
+            in_flight=len(self._requests),
+            duplicate=self._protocol.is_in_flight(rid),
+        )
+        if isinstance(verdict, Refuse):
+            _LOG.debug("refused request %s from %s: %s", _short(rid), self.client, verdict.code)
+            await self._send_error(verdict.code, verdict.message, rid)
             return
-        segments = split_segments(msg.text)
-        if not segments:
-            # Nothing to say (empty, spaces, emoji, bare tags): done at once, no room taken.
+        if isinstance(verdict, NothingToSay):
             state.metrics.requests.labels("complete").inc()
             self._protocol.start(rid)
             await self._send(protocol.Complete(rid))
             return
-        stream = (self.client, msg.stream_id) if msg.stream_id is not None else None
-        if not self._has_place(stream):
-            _LOG.debug("refused request %s from %s: busy", _short(rid), self.client)
-            await self._send_error(
-                protocol.ERR_BUSY, "the server is at capacity; retry shortly", rid
-            )
-            return
-        estimate = _estimated_seconds(segments, state.config)
-        delay = state.streams.begin(stream, estimate)
-        if delay > 0:
-            # Its audio is not needed yet: whole sentences sound better than an early clause.
-            segments = split_segments(msg.text, first_clause=False)
-        state.capacity.acquire()
         now = asyncio.get_running_loop().time()
-        request = _Request(msg, voice, now, segments, stream, now + delay, estimate)
+        rendering = Rendering(
+            msg, verdict.voice, verdict.segments, state, arrived=now, needed_at=now + verdict.delay
+        )
+        request = _Request(msg, verdict.stream, verdict.estimate, rendering)
         self._requests[rid] = request
         self._protocol.start(rid)
         state.metrics.active_requests.inc()
         request.task = asyncio.create_task(self._serve(request), name=f"tts-request-{rid[:40]}")
-
-    def _has_place(self, stream: StreamKey | None) -> bool:
-        """Whether the request's reply is, or may become, one the server is speaking.
-
-        A reply is admitted or refused as a whole, at its first request: the later ones of an
-        admitted reply always have a place, those of a refused one never (for a while).
-        """
-        streams, metrics = self.state.streams, self.state.metrics
-        if streams.admitted(stream):
-            return True
-        if streams.refused(stream):
-            return False
-        if self.state.full:
-            metrics.streams.labels("refused").inc()
-            streams.refuse(stream)
-            return False
-        if streams.make_room():
-            metrics.streams.labels("yielded").inc()
-        metrics.streams.labels("admitted").inc()
-        return True
-
-    def _refusal(self, msg: protocol.TextToSpeech, voice: Voice | None) -> tuple[str, str] | None:
-        """Why the request cannot start, capacity aside, as (code, message)."""
-        state, config = self.state, self.state.config
-        if state.shutting_down:
-            return protocol.ERR_SHUTTING_DOWN, "the server is shutting down"
-        if self._protocol.is_in_flight(msg.request_id):
-            return (
-                protocol.ERR_DUPLICATE_REQUEST,
-                "this request id is already in flight on this connection; the first request "
-                "continues",
-            )
-        if not state.rate_limiter.allow(self.client):
-            wait = state.rate_limiter.retry_after(self.client)
-            return protocol.ERR_RATE_LIMITED, f"too many requests; retry in {wait:.2f} s"
-        if len(msg.text) > config.max_text_length:
-            return (
-                protocol.ERR_TEXT_TOO_LONG,
-                f"text has {len(msg.text)} characters; the limit is {config.max_text_length}",
-            )
-        if voice is None:
-            return (
-                protocol.ERR_UNKNOWN_VOICE,
-                f"unknown voice {msg.voice[:64]!r}; available: {', '.join(state.voice_names)}",
-            )
-        if len(self._requests) >= config.max_requests_per_connection:
-            return (
-                protocol.ERR_TOO_MANY_REQUESTS,
-                f"{len(self._requests)} requests are in flight on this connection; the limit "
-                f"is {config.max_requests_per_connection}",
-            )
-        return None
 
     # -- one request ---------------------------------------------------------------------------
 
@@ -311,7 +227,7 @@ class Session:
             self.state.streams.end(
                 request.stream,
                 cancelled=outcome == "cancelled",
-                misestimate=request.audio - request.estimate,
+                misestimate=request.rendering.audio_seconds - request.estimate,
             )
             self.state.metrics.active_requests.dec()
             self.state.metrics.requests.labels(outcome).inc()
@@ -324,69 +240,9 @@ class Session:
                 await self._send(terminal)
 
     async def _stream(self, request: _Request) -> None:
-        msg, voice, state = request.msg, request.voice, self.state
-        config, loop = state.config, asyncio.get_running_loop()
-        segments = request.segments
-        resampler = StreamResampler(voice.sample_rate, msg.sample_rate)
-        chunk_samples = max(1, msg.sample_rate * config.chunk_ms // 1000)
-        clause_pause = config.sentence_silence * _CLAUSE_PAUSE_RATIO
-        pauses = {Boundary.SENTENCE: config.sentence_silence, Boundary.CLAUSE: clause_pause}
-        elapsed = 0.0  # seconds of this request's audio before the current segment
-        compute = 0.0
-        sequence = 0
-        encoder = formats.new_encoder(msg.output_format, sample_rate=msg.sample_rate)
-        for index, segment in enumerate(segments):
-            render = functools.partial(
-                voice.render,
-                segment.text,
-                resampler=resampler,
-                pause_after=pauses.get(segment.boundary, 0.0),
-                inner_pause=clause_pause,
-                last=index == len(segments) - 1,
-                with_words=msg.word_timestamps,
-                synthesis=state.synthesis,
-            )
-            # Deadline: when the listener would run out of this request's audio.
-            rendered: RenderedSegment = await state.scheduler.run(
-                render, request.needed_at + elapsed
-            )
-            compute += rendered.compute_seconds
-            if rendered.words:
-                await self._send(
-                    protocol.WordTimestamps(
-                        request_id=msg.request_id,
-                        words=_shifted(rendered.words, elapsed),
-                        estimated=rendered.estimated,
-                    )
-                )
-            elapsed += rendered.native_seconds
-            request.audio = elapsed
-            position = 0
-            for size in audio.chunk_sizes(len(rendered.pcm) // 2, chunk_samples):
-                data = rendered.pcm[position : position + size * 2]
-                position += size * 2
-                data = encoder.encode(data)
-                if sequence == 0:
-                    state.metrics.time_to_first_audio.observe(loop.time() - request.arrived)
-                await self._send(
-                    protocol.Audio(
-                        request_id=msg.request_id,
-                        data=data,
-                        sample_rate=msg.sample_rate,
-                        sequence=sequence,
-                    )
-                )
-                sequence += 1
-        if elapsed > 0:
-            state.metrics.audio_seconds.inc(elapsed)
-            state.metrics.real_time_factor.observe(compute / elapsed)
-        _LOG.debug(
-            "request %s: %d characters, %.2f s of audio in %.3f s of synthesis",
-            _short(msg.request_id),
-            len(msg.text),
-            elapsed,
-            compute,
-        )
+        async with contextlib.aclosing(request.rendering.messages()) as messages:
+            async for message in messages:
+                await self._send(message)
 
     # -- outgoing ------------------------------------------------------------------------------
 
@@ -432,7 +288,3 @@ class Session:
             await self._write(
                 self._protocol.refuse(protocol.error(code, message, request_id=request_id))
             )
-
-
-def _shifted(words: tuple[TimedWord, ...], offset: float) -> tuple[protocol.WordTiming, ...]:
-    return tuple(protocol.WordTiming(w.word, w.start + offset, w.end + offset) for w in words)

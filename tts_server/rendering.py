@@ -1,0 +1,129 @@
+"""One admitted request rendered as the protocol messages that carry its audio, in order.
+
+:meth:`Rendering.messages` is an async generator of ``WordTimestamps`` and ``Audio``
+messages: whoever sends them (a WebSocket session today) only moves them.  The segments are
+rendered by the voice in the synthesis pool, each by the time its listener would run out of
+the audio before it, and the audio is encoded in the format the request asked for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import AsyncGenerator
+from typing import Final
+
+import knowlithic_protocol as protocol
+from knowlithic_protocol import formats
+
+from . import audio
+from .audio import StreamResampler
+from .engine import RenderedSegment, Voice
+from .state import ServerState
+from .text import Boundary, Segment
+from .timestamps import TimedWord
+
+_LOG = logging.getLogger("tts_server.rendering")
+
+# Pause after a first clause split off early, and after a sentence end Piper found inside a
+# segment, as a share of the pause between sentences.
+_CLAUSE_PAUSE_RATIO: Final = 0.5
+
+
+class Rendering:
+    """The audio of one request; owns its encoder and its metrics."""
+
+    def __init__(
+        self,
+        msg: protocol.TextToSpeech,
+        voice: Voice,
+        segments: list[Segment],
+        state: ServerState,
+        *,
+        arrived: float,
+        needed_at: float,
+    ) -> None:
+        self._msg = msg
+        self._voice = voice
+        self._segments = segments
+        self._state = state
+        self._arrived = arrived
+        # when the listener needs the first audio; segment deadlines count from here
+        self._needed_at = needed_at
+        self.audio_seconds = 0.0  # rendered so far, on the voice's own timeline
+        self._sequence = 0
+        self._encoder_rate = msg.sample_rate
+
+    async def messages(self) -> AsyncGenerator[protocol.ServerMessage, None]:
+        msg, voice, state = self._msg, self._voice, self._state
+        config = state.config
+        resampler = StreamResampler(voice.sample_rate, msg.sample_rate)
+        chunk_samples = max(1, msg.sample_rate * config.chunk_ms // 1000)
+        clause_pause = config.sentence_silence * _CLAUSE_PAUSE_RATIO
+        pauses = {Boundary.SENTENCE: config.sentence_silence, Boundary.CLAUSE: clause_pause}
+        encoder = formats.new_encoder(msg.output_format, sample_rate=msg.sample_rate)
+        self._encoder_rate = encoder.sample_rate  # a format may not offer the rate asked for
+        compute = 0.0
+        last_index = len(self._segments) - 1
+        for index, segment in enumerate(self._segments):
+            render = functools.partial(
+                voice.render,
+                segment.text,
+                resampler=resampler,
+                pause_after=pauses.get(segment.boundary, 0.0),
+                inner_pause=clause_pause,
+                last=index == last_index,
+                with_words=msg.word_timestamps,
+                synthesis=state.synthesis,
+            )
+            # Deadline: when the listener would run out of this request's audio.
+            rendered: RenderedSegment = await state.scheduler.run(
+                render, self._needed_at + self.audio_seconds
+            )
+            compute += rendered.compute_seconds
+            if rendered.words:
+                yield protocol.WordTimestamps(
+                    request_id=msg.request_id,
+                    words=_shifted(rendered.words, self.audio_seconds),
+                    estimated=rendered.estimated,
+                )
+            self.audio_seconds += rendered.native_seconds
+            position = 0
+            for size in audio.chunk_sizes(len(rendered.pcm) // 2, chunk_samples):
+                pcm = rendered.pcm[position : position + size * 2]
+                position += size * 2
+                if message := self._audio(encoder.encode(pcm)):
+                    yield message
+        # a format may hold back the start of a frame, and ends its stream (Opus: EOS page)
+        if message := self._audio(encoder.encode(b"", last=True)):
+            yield message
+        if self.audio_seconds > 0:
+            state.metrics.audio_seconds.inc(self.audio_seconds)
+            state.metrics.real_time_factor.observe(compute / self.audio_seconds)
+        _LOG.debug(
+            "request of %d characters: %.2f s of audio in %.3f s of synthesis",
+            len(msg.text),
+            self.audio_seconds,
+            compute,
+        )
+
+    def _audio(self, data: bytes) -> protocol.Audio | None:
+        """The next audio message, if the encoder gave anything to send."""
+        if not data:
+            return None
+        if self._sequence == 0:
+            loop = asyncio.get_running_loop()
+            self._state.metrics.time_to_first_audio.observe(loop.time() - self._arrived)
+        message = protocol.Audio(
+            request_id=self._msg.request_id,
+            data=data,
+            sample_rate=self._encoder_rate,
+            sequence=self._sequence,
+        )
+        self._sequence += 1
+        return message
+
+
+def _shifted(words: tuple[TimedWord, ...], offset: float) -> tuple[protocol.WordTiming, ...]:
+    return tuple(protocol.WordTiming(w.word, w.start + offset, w.end + offset) for w in words)
