@@ -38,7 +38,7 @@ from bench.call.script import parse_script
 from tests.server.asr import normalize, word_errors
 from tts_server.audio import StreamResampler
 from tts_server.config import ServerConfig
-from tts_server.engine import Engine, synthesis_config
+from tts_server.engines import load_engine
 
 TOL = 0.02  # seconds, every figure: edges are found to a 5 ms frame or two
 EDGE_DBFS = -46.0
@@ -74,7 +74,7 @@ SCRIPT = parse_script(
 def clips() -> Iterator[dict[str, Pcm]]:
     """Every line of SCRIPT as 16 kHz speech from the project's Piper voice, trimmed."""
     config = ServerConfig(hosts=("127.0.0.1",), port=0, workers=1)
-    engine = Engine.load(config)
+    engine = load_engine(config)
     voice = next(iter(engine.voices.values()))
     texts = [SCRIPT.greeting]
     for turn in SCRIPT.turns:
@@ -88,7 +88,6 @@ def clips() -> Iterator[dict[str, Pcm]]:
             inner_pause=config.sentence_silence,  # the server's pause between sentences
             last=True,
             with_words=False,
-            synthesis=synthesis_config(config),
         )
         rendered[text] = audible(np.frombuffer(segment.pcm, dtype="<i2").astype(np.int16))
     engine.close()

@@ -24,7 +24,7 @@ from bench.call.sphinx_stt import SAMPLE_RATE, Pcm, SpeechStream, SphinxSTT
 from tests.server.asr import word_error_rate
 from tts_server.audio import StreamResampler
 from tts_server.config import ServerConfig
-from tts_server.engine import Engine, synthesis_config
+from tts_server.engines import load_engine
 
 Kind = stt.SpeechEventType
 ENDPOINT = 0.25  # SphinxSTT's default
@@ -52,7 +52,7 @@ def speech() -> dict[tuple[str, int], Pcm]:
     Without Piper's noise the speech is the same on every run, and so are the transcripts.
     """
     config = ServerConfig(hosts=("127.0.0.1",), port=0, workers=1, noise_scale=0.0, noise_w=0.0)
-    engine = Engine.load(config)
+    engine = load_engine(config)
     try:
         voice = next(iter(engine.voices.values()))
         rendered: dict[tuple[str, int], Pcm] = {}
@@ -65,7 +65,6 @@ def speech() -> dict[tuple[str, int], Pcm]:
                     inner_pause=0.3,
                     last=True,
                     with_words=False,
-                    synthesis=synthesis_config(config),
                 )
                 rendered[text, rate] = np.frombuffer(segment.pcm, dtype=np.int16)
         return rendered

@@ -12,7 +12,7 @@ from aiohttp import web
 
 from .app import create_app, server_state, stop
 from .config import ServerConfig, load_config
-from .engine import Engine
+from .engines import load_engine
 from .httplog import runner_options
 
 _LOG = logging.getLogger("tts_server")
@@ -25,7 +25,7 @@ async def serve(config: ServerConfig) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop_requested.set)
 
-    engine = await loop.run_in_executor(None, Engine.load, config)
+    engine = await loop.run_in_executor(None, load_engine, config)
     app = create_app(config, engine)
     runner = web.AppRunner(
         app,

@@ -19,7 +19,7 @@ import knowlithic_protocol as protocol
 from . import __version__
 from .admission import Capacity, RateLimiter, Streams
 from .config import ServerConfig
-from .engine import Engine
+from .engines import Engine, load_engine
 from .metrics import CONTENT_TYPE, Metrics
 from .scheduler import Scheduler
 from .session import Session
@@ -49,7 +49,8 @@ def create_app(config: ServerConfig, engine: Engine | None = None) -> web.Applic
     """The server as an aiohttp app.
 
     Without ``engine`` the voices are loaded (and warmed up) at start-up, before the app
-    accepts connections, and released at clean-up; a given engine is shared and left open.
+    accepts connections, and released at clean-up; a given engine is shared and left open,
+    and keeps the voices and synthesis settings of the config it was loaded with.
     """
     app = web.Application()
     app[_RUNTIME] = _Runtime(config, engine, owns_engine=engine is None)
@@ -75,7 +76,7 @@ async def _startup(app: web.Application) -> None:
     runtime = app[_RUNTIME]
     config = runtime.config
     if runtime.engine is None:
-        runtime.engine = await asyncio.get_running_loop().run_in_executor(None, Engine.load, config)
+        runtime.engine = await asyncio.get_running_loop().run_in_executor(None, load_engine, config)
     engine = runtime.engine
     runtime.state = ServerState(
         config=config,

@@ -17,6 +17,8 @@ from typing import Any, Final
 
 import knowlithic_protocol as protocol
 
+from .engines import ENGINE_NAMES
+
 BUNDLED_VOICE: Final = "joe"
 # Replies spoken at once.  bench/server_capacity.py measured 10 kept real-time (first audio
 # p95 under 400 ms, no gap in playback) on 2 cores with the default flags, and as many with
@@ -120,6 +122,15 @@ def _parse_voices(values: Sequence[str]) -> tuple[VoiceSpec, ...]:
     return tuple(specs.values())
 
 
+def _engine_name(text: str) -> str:
+    name = text.strip().lower()
+    if name not in ENGINE_NAMES:
+        raise argparse.ArgumentTypeError(
+            f"must be one of {', '.join(ENGINE_NAMES)}, not {text[:40]!r}"
+        )
+    return name
+
+
 def _parse_aliases(
     values: Sequence[str], voices: Sequence[VoiceSpec]
 ) -> tuple[tuple[str, str], ...]:
@@ -211,6 +222,12 @@ class ServerConfig:
                 shown="none (no authentication)",
             )
         },
+    )
+    engine: str = setting(
+        "piper",
+        "ENGINE",
+        "Synthesis engine: piper.",
+        convert=_engine_name,
     )
     workers: int = setting(
         2,

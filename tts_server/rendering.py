@@ -19,7 +19,7 @@ from knowlithic_protocol import formats
 
 from . import audio
 from .audio import StreamResampler
-from .engine import RenderedSegment, Voice
+from .engines import RenderedSegment, Voice
 from .state import ServerState
 from .text import Boundary, Segment
 from .timestamps import TimedWord
@@ -75,7 +75,6 @@ class Rendering:
                 inner_pause=clause_pause,
                 last=index == last_index,
                 with_words=msg.word_timestamps,
-                synthesis=state.synthesis,
             )
             # Deadline: when the listener would run out of this request's audio.
             rendered: RenderedSegment = await state.scheduler.run(

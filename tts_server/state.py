@@ -9,13 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
-from piper import SynthesisConfig
-
 import knowlithic_protocol as protocol
 
 from .admission import Capacity, RateLimiter, Streams
 from .config import ServerConfig
-from .engine import Engine, Voice, synthesis_config
+from .engines import Engine, Voice
 from .metrics import Metrics
 from .scheduler import Scheduler
 
@@ -39,11 +37,9 @@ class ServerState:
     metrics: Metrics
     sessions: set[Session] = field(default_factory=set)
     shutting_down: bool = False
-    synthesis: SynthesisConfig = field(init=False)
     aliases: dict[str, str] = field(init=False)
 
     def __post_init__(self) -> None:
-        self.synthesis = synthesis_config(self.config)
         self.metrics.active_streams.set_function(lambda: self.streams.active)
         self.aliases = dict(self.config.aliases)
         for alias, target in self.aliases.items():

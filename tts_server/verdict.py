@@ -15,7 +15,7 @@ import knowlithic_protocol as protocol
 
 from .admission import StreamKey
 from .config import ServerConfig
-from .engine import Voice
+from .engines import Voice
 from .state import ServerState
 from .text import Segment, split_segments
 

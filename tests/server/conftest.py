@@ -16,15 +16,19 @@ from aiohttp.test_utils import TestServer
 
 import knowlithic_protocol as protocol
 from tts_server.app import create_app
-from tts_server.engine import Engine
+from tts_server.engines import Engine, load_engine
 from tts_server.httplog import runner_options
 
 from .helpers import BASE_CONFIG, Client, Connect, RunningServer, StartServer
 
+_ENGINE_SETTINGS = frozenset(
+    {"engine", "voices", "noise_scale", "noise_w", "length_scale", "loudness_dbfs", "onnx_threads"}
+)
+
 
 @pytest.fixture(scope="session")
 def engine() -> Iterator[Engine]:
-    eng = Engine.load(BASE_CONFIG)
+    eng = load_engine(BASE_CONFIG)
     yield eng
     eng.close()
 
@@ -35,7 +39,10 @@ async def start_server(engine: Engine) -> AsyncIterator[StartServer]:
 
     async def start(**overrides: Any) -> RunningServer:
         config = replace(BASE_CONFIG, **overrides)
-        server = TestServer(create_app(config, engine), host="127.0.0.1")
+        # the shared engine was loaded with BASE_CONFIG's voices and synthesis settings: a
+        # server with other ones loads its own
+        own_engine = overrides.keys() & _ENGINE_SETTINGS
+        server = TestServer(create_app(config, None if own_engine else engine), host="127.0.0.1")
         await server.start_server(**runner_options())  # logs as `python -m tts_server` does
         servers.append(server)
         return RunningServer(server, config)

@@ -16,7 +16,7 @@ from piper.voice import PhonemeAlignment
 
 from tts_server.admission import Capacity, RateLimiter
 from tts_server.config import BUNDLED_VOICE, ServerConfig, build_parser, load_config
-from tts_server.engine import _chunk_intervals
+from tts_server.engines.piper import _chunk_intervals
 from tts_server.scheduler import Scheduler
 from tts_server.timestamps import (
     Interval,
@@ -203,6 +203,7 @@ def test_api_key_file(tmp_path: Path) -> None:
         ["--voice", "amy"],
         ["--rate-limit", "-1"],
         ["--log-level", "LOUD"],
+        ["--engine", "espeak"],
     ],
 )
 def test_bad_values_are_refused(argv: list[str]) -> None:

@@ -1,4 +1,4 @@
-"""Piper voices: loading, warm-up, and rendering one segment (run in a worker thread).
+"""The Piper engine: loading voices, warm-up, and rendering one segment (in a worker thread).
 
 A segment is rendered in one call: Piper synthesizes it (one audio chunk per sentence it
 finds), then each chunk is trimmed of Piper's own edge silence, given the voice's fixed gain,
@@ -16,7 +16,6 @@ import logging
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
@@ -27,10 +26,10 @@ from piper import PiperVoice, SynthesisConfig
 from piper.config import PiperConfig
 from piper.voice import AudioChunk, PhonemeAlignment
 
-from . import audio
-from .audio import Samples, StreamResampler
-from .config import ServerConfig, VoiceSpec
-from .timestamps import (
+from .. import audio
+from ..audio import Samples, StreamResampler
+from ..config import ServerConfig, VoiceSpec
+from ..timestamps import (
     Interval,
     TimedWord,
     count_phonemes,
@@ -39,8 +38,9 @@ from .timestamps import (
     text_words,
     time_words,
 )
+from .base import RenderedSegment
 
-_LOG = logging.getLogger("tts_server.engine")
+_LOG = logging.getLogger("tts_server.engines.piper")
 
 _CALIBRATION: Final = SynthesisConfig(normalize_audio=False)
 _CALIBRATION_TEXT: Final = (
@@ -50,25 +50,20 @@ _CALIBRATION_TEXT: Final = (
 _WORD_CACHE_SIZE: Final = 20_000
 
 
-@dataclass(frozen=True)
-class RenderedSegment:
-    pcm: bytes
-    """s16le at the request's rate."""
-    native_seconds: float
-    """Length of the segment, pause included, on the voice's own timeline."""
-    words: tuple[TimedWord, ...]
-    """Seconds from the segment's start (empty unless asked for)."""
-    estimated: bool
-    compute_seconds: float
-
-
-class Voice:
-    """One loaded Piper voice and its fixed output gain."""
+class PiperVoiceRenderer:
+    """One loaded Piper voice, its fixed output gain and Piper's settings."""
 
     def __init__(
-        self, name: str, piper: PiperVoice, *, language: str | None = None, bundled: bool = False
+        self,
+        name: str,
+        piper: PiperVoice,
+        *,
+        synthesis: SynthesisConfig,
+        language: str | None = None,
+        bundled: bool = False,
     ) -> None:
         self.name = name
+        self.synthesis = synthesis
         self.bundled = bundled
         self.piper = piper
         self.sample_rate: int = int(piper.config.sample_rate)
@@ -100,7 +95,6 @@ class Voice:
         inner_pause: float,
         last: bool,
         with_words: bool,
-        synthesis: SynthesisConfig,
     ) -> RenderedSegment:
         """Synthesize one segment and shape it for the wire.  Runs in a worker thread."""
         started = time.perf_counter()
@@ -109,7 +103,7 @@ class Voice:
         intervals: list[Interval] = []
         aligned = self.has_alignments
         offset = 0  # samples of this segment so far
-        chunks = self._synthesize(text, synthesis)
+        chunks = self._synthesize(text, self.synthesis)
         for index, chunk in enumerate(chunks):
             if index > 0:  # Piper found a sentence end inside the segment
                 pieces.append(audio.silence(rate, inner_pause))
@@ -224,7 +218,7 @@ def _load_piper(spec: VoiceSpec, onnx_threads: int) -> tuple[PiperVoice, str | N
     return piper, language if isinstance(language, str) else None
 
 
-def synthesis_config(config: ServerConfig) -> SynthesisConfig:
+def _synthesis_config(config: ServerConfig) -> SynthesisConfig:
     """Piper's settings for serving requests."""
     return SynthesisConfig(
         length_scale=config.length_scale,
@@ -236,38 +230,45 @@ def synthesis_config(config: ServerConfig) -> SynthesisConfig:
     )
 
 
-class Engine:
+class PiperEngine:
     """The loaded voices and the worker threads that synthesize."""
 
-    def __init__(self, voices: Sequence[Voice], workers: int) -> None:
-        self.voices = {v.name: v for v in voices}
+    def __init__(self, voices: Sequence[PiperVoiceRenderer], workers: int) -> None:
+        self.voices: dict[str, PiperVoiceRenderer] = {v.name: v for v in voices}
         self.workers = workers
         self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="piper")
 
-    @classmethod
-    def load(cls, config: ServerConfig) -> Engine:
-        """Load every configured voice and warm it up (blocking: seconds per voice)."""
-        # piper logs every text it speaks at DEBUG: user text stays out of the log at any
-        # level, embedded (tests, another app) as well as under ``python -m tts_server``.
-        piper_log = logging.getLogger("piper")
-        if piper_log.level < logging.INFO:
-            piper_log.setLevel(logging.INFO)
-        voices = []
-        for spec in config.voices:
-            started = time.perf_counter()
-            piper, language = _load_piper(spec, config.onnx_threads)
-            voice = Voice(spec.name, piper, language=language, bundled=spec.model_path is None)
-            voice.calibrate(config.loudness_dbfs)
-            _LOG.info(
-                "voice %s loaded in %.2f s (%d Hz, gain %+.1f dB, %s timestamps)",
-                spec.name,
-                time.perf_counter() - started,
-                voice.sample_rate,
-                audio.gain_to_db(voice.gain),
-                "aligned" if voice.has_alignments else "estimated",
-            )
-            voices.append(voice)
-        return cls(voices, config.workers)
-
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+def load(config: ServerConfig) -> PiperEngine:
+    """Load every configured voice and warm it up (blocking: seconds per voice)."""
+    # piper logs every text it speaks at DEBUG: user text stays out of the log at any
+    # level, embedded (tests, another app) as well as under ``python -m tts_server``.
+    piper_log = logging.getLogger("piper")
+    if piper_log.level < logging.INFO:
+        piper_log.setLevel(logging.INFO)
+    synthesis = _synthesis_config(config)
+    voices = []
+    for spec in config.voices:
+        started = time.perf_counter()
+        piper, language = _load_piper(spec, config.onnx_threads)
+        voice = PiperVoiceRenderer(
+            spec.name,
+            piper,
+            synthesis=synthesis,
+            language=language,
+            bundled=spec.model_path is None,
+        )
+        voice.calibrate(config.loudness_dbfs)
+        _LOG.info(
+            "voice %s loaded in %.2f s (%d Hz, gain %+.1f dB, %s timestamps)",
+            spec.name,
+            time.perf_counter() - started,
+            voice.sample_rate,
+            audio.gain_to_db(voice.gain),
+            "aligned" if voice.has_alignments else "estimated",
+        )
+        voices.append(voice)
+    return PiperEngine(voices, config.workers)
