@@ -26,7 +26,8 @@ from tests.fake_knowlithic import FakeKnowlithicServer, speech_for
 from tests.plugin_helpers import Spoken, eventually, expected_digest, speak
 from tests.raw_peers import DeafPeer, HangingUpgrade
 from tts_custom.backoff import Backoff
-from tts_custom.connection import CLOSE_TIMEOUT, MAX_MESSAGE_SIZE, ConnectionLost, connect
+from tts_custom.transport import ConnectionLost
+from tts_custom.ws_transport import CLOSE_TIMEOUT, MAX_MESSAGE_SIZE, connect
 
 TEXT = ("The first sentence is spoken.", "Then the second one follows.")
 QUICK = APIConnectOptions(max_retry=0, timeout=0.5)

@@ -28,10 +28,11 @@ from livekit.agents.utils import is_given
 import knowlithic_protocol as protocol
 
 from .backoff import Outage, Patience
-from .connection import Connection, connect
 from .log import logger
 from .shared_connection import Acquired, SharedConnection
 from .synthesis import SentenceSynthesis
+from .transport import Transport
+from .ws_transport import connect
 
 DEFAULT_VOICE: Final = "elise"
 DEFAULT_SAMPLE_RATE: Final = 16000
@@ -226,7 +227,7 @@ class TTS(tts.TTS[None]):
             await self._session.close()
             self._session = None
 
-    async def _connect(self, timeout: float) -> Connection:
+    async def _connect(self, timeout: float) -> Transport:
         if self._session is None:
             self._session = aiohttp.ClientSession()
         conn = await connect(

@@ -17,17 +17,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from dataclasses import dataclass
 
 from livekit.agents import APIError, APITimeoutError
 
 from .backoff import STABLE_AFTER, Backoff, Outage
-from .connection import Connection
 from .errors import recontextualized
 from .log import logger
-
-Connect = Callable[[float], Awaitable[Connection]]
+from .transport import Connect, Transport
 
 # the longest pause between attempts while a reply waits for the server
 WAITING_CAP = 1.0
@@ -35,7 +33,7 @@ WAITING_CAP = 1.0
 
 @dataclass(frozen=True)
 class Acquired:
-    connection: Connection
+    connection: Transport
     reused: bool
     acquire_time: float
 
@@ -56,8 +54,8 @@ class SharedConnection:
         self._backoff = backoff or Backoff()
         self._outage = outage or Outage()
         self._lock = asyncio.Lock()  # one connect at a time: the dialer's, or a refresh
-        self._conn: Connection | None = None
-        self._retired: set[Connection] = set()
+        self._conn: Transport | None = None
+        self._retired: set[Transport] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._dialer: asyncio.Task[None] | None = None
         self._waiting = 0  # acquire() calls waiting for the dialer
@@ -74,7 +72,7 @@ class SharedConnection:
         return self._outage.healthy(time.monotonic())
 
     @property
-    def current(self) -> Connection | None:
+    def current(self) -> Transport | None:
         """The open connection, if there is one (for metrics and tests)."""
         conn = self._conn
         return conn if conn is not None and not conn.closed else None
@@ -105,7 +103,7 @@ class SharedConnection:
         if self._usable() is None:
             self._dial_soon()
 
-    def invalidate(self, conn: Connection | None = None) -> None:
+    def invalidate(self, conn: Transport | None = None) -> None:
         """Open a new connection for the next request; the old one closes once idle.
 
         With ``conn``, only if it is still the current one.
@@ -128,7 +126,7 @@ class SharedConnection:
 
     # -- waiting -------------------------------------------------------------------------------
 
-    async def _wait_for_connection(self) -> Connection:
+    async def _wait_for_connection(self) -> Transport:
         # every pass waits for an attempt that ends after this call began, so an unhealthy
         # server still gets one fresh attempt per wait: a server back up is used at once
         while True:
@@ -207,7 +205,7 @@ class SharedConnection:
                 async with asyncio.timeout(delay):
                     await self._wake.wait()
 
-    async def _open_locked(self) -> Connection:
+    async def _open_locked(self) -> Transport:
         conn = await self._connect(self._connect_timeout)
         self._conn = conn
         self._last_error = None
@@ -242,7 +240,7 @@ class SharedConnection:
 
     # -- the open connection -------------------------------------------------------------------
 
-    def _usable(self) -> Connection | None:
+    def _usable(self) -> Transport | None:
         conn = self._conn
         if conn is None:
             return None
@@ -256,7 +254,7 @@ class SharedConnection:
             return None
         return conn
 
-    async def _supervise(self, conn: Connection) -> None:
+    async def _supervise(self, conn: Transport) -> None:
         """Count a socket that stays up as proof the server works; reopen it after an
         unexpected drop; replace it before it gets too old."""
         closed = asyncio.ensure_future(conn.wait_closed())
@@ -272,7 +270,7 @@ class SharedConnection:
             closed.cancel()
         self._dropped(conn)
 
-    def _dropped(self, conn: Connection) -> None:
+    def _dropped(self, conn: Transport) -> None:
         """The current connection closed on its own: count it and dial again, once.
 
         Whoever notices first (a request on it, or its supervisor) does it, so a reply's next
@@ -286,7 +284,7 @@ class SharedConnection:
             self._record_failure(conn.lost_error())
         self._dial_soon()  # so the next turn finds a warm socket
 
-    async def _refresh(self, old: Connection) -> None:
+    async def _refresh(self, old: Transport) -> None:
         async with self._lock:
             if old is not self._conn or self._closed:
                 return
@@ -298,7 +296,7 @@ class SharedConnection:
                 return
         self._retire(old)
 
-    def _retire(self, conn: Connection) -> None:
+    def _retire(self, conn: Transport) -> None:
         async def close_when_idle() -> None:
             await conn.wait_idle()
             await conn.aclose()
@@ -319,6 +317,6 @@ async def _done_within(task: asyncio.Future[None], seconds: float) -> bool:
     return bool(done)
 
 
-def _proved(conn: Connection) -> bool:
+def _proved(conn: Transport) -> bool:
     """The server answered on it, or it stayed up long enough: the server works."""
     return conn.answered > 0 or conn.age >= STABLE_AFTER

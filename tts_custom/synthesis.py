@@ -38,10 +38,10 @@ from knowlithic_protocol.formats import AudioFormatError, PcmChunk, new_decoder
 
 from .alignment import align_words
 from .backoff import Patience
-from .connection import Connection, ConnectionLost, RequestChannel
 from .errors import connection_lost_error, did_not_come_back, final, server_error, unsupported
 from .log import logger
 from .shared_connection import Acquired
+from .transport import Channel, ConnectionLost, Transport
 
 # bounds the wait for a cancel to be written when the socket is stalled
 _CANCEL_SEND_TIMEOUT = 1.0
@@ -55,14 +55,14 @@ class Connections(Protocol):
 
     def acquire(self, timeout: float) -> Awaitable[Acquired]: ...
 
-    def invalidate(self, conn: Connection | None = None) -> None: ...
+    def invalidate(self, conn: Transport | None = None) -> None: ...
 
 
 @dataclass
 class _Sentence:
     index: int
     text: str
-    channel: RequestChannel | None = None
+    channel: Channel | None = None
     attempts: int = 0
     played: int = 0  # output samples of this sentence already pushed
     words_sent: bool = False
@@ -142,7 +142,7 @@ class SentenceSynthesis:
         retry_pause: float = 0.0,
     ) -> None:
         self._connections = connections
-        self._conn: Connection | None = None
+        self._conn: Transport | None = None
         # the server said it is shutting down: new requests go to a new connection
         self._draining: APIError | None = None
         self._patience = patience
@@ -225,7 +225,7 @@ class SentenceSynthesis:
             raise did_not_come_back(fault, e) if fault is not None else e from None
         self._use(acquired.connection)
 
-    def _use(self, conn: Connection) -> None:
+    def _use(self, conn: Transport) -> None:
         if (caps := conn.capabilities) is not None:
             check_supported(caps, self._template)
             if not caps.word_timestamps and self._template.word_timestamps:
@@ -274,9 +274,7 @@ class SentenceSynthesis:
                     raise
                 # it died while this request waited for a slot: on to the next one
         sentence.channel = channel
-        await conn.send_request(
-            channel, replace(self._template, request_id=request_id, text=sentence.text)
-        )
+        await channel.send(replace(self._template, request_id=request_id, text=sentence.text))
 
     async def _play_all(self) -> None:
         while (sentence := await self._queue.get()) is not None:
@@ -355,13 +353,13 @@ class SentenceSynthesis:
                     # it finishes what it has and takes nothing new: ask elsewhere (or once it
                     # is back).  Retire only the socket that carried the error: a sentence
                     # sent ahead on the old one may report it after the reply moved on.
-                    self._connections.invalidate(channel.connection)
-                    if channel.connection is self._conn:
+                    self._connections.invalidate(channel.transport)
+                    if channel.transport is self._conn:
                         self._draining = error
                 raise error
             elif isinstance(event, ConnectionLost):
                 # the server may have stopped answering long before its socket died
-                patience.fault(min(began, channel.connection.fault_began))
+                patience.fault(min(began, channel.transport.fault_began))
                 raise connection_lost_error(event.close_code, event.reason)
 
     def _push_words(self, sentence: _Sentence, event: protocol.WordTimestamps) -> None:

@@ -18,6 +18,7 @@ from livekit.agents.metrics import TTSMetrics
 
 from tests.plugin_helpers import Spoken, eventually, interrupt_after_first_audio, speak, synthesize
 from tts_custom.knowlithictts import TTS
+from tts_custom.ws_transport import WebSocketTransport
 
 from .asr import ASR_SAMPLE_RATE, transcribe, word_error_rate
 from .helpers import RunningServer, StartServer
@@ -173,7 +174,7 @@ async def test_malformed_messages_do_not_disturb_the_plugins_socket(
     plugin = make_plugin()
     await speak(plugin, "First.")
     conn = plugin._shared.current
-    assert conn is not None
+    assert isinstance(conn, WebSocketTransport)
     await conn._ws.send_str("{not json")  # garbage on the plugin's own socket
     with caplog.at_level(logging.WARNING, logger="tts_custom.knowlithic"):
         spoken = await speak(plugin, SENTENCES[2])

@@ -1,9 +1,10 @@
-"""One WebSocket to a Knowlithic TTS server, shared by every request of a TTS instance.
+"""The WebSocket transport: one socket to a Knowlithic TTS server, shared by every request.
 
-A :class:`Connection` owns the socket's receive loop and hands each server message to the
-:class:`RequestChannel` of its request.  Which request that is, and when a request is over,
-is :class:`knowlithic_protocol.client.ClientProtocol`'s to say: this module only moves
-frames and events.  When the socket dies, every open request learns it at once.
+A :class:`WebSocketTransport` (a :class:`~.transport.Transport`) owns the socket's receive
+loop and hands each server message to the :class:`WebSocketChannel` of its request.  Which
+request that is, and when a request is over, is the protocol's
+:class:`~knowlithic_protocol.client.ClientProtocol` to say: this module only moves frames and
+events.  When the socket dies, every open request learns it at once.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Final
 
 import aiohttp
@@ -23,27 +23,17 @@ from knowlithic_protocol.client import ClientProtocol, ConnectionMessage, Ignore
 
 from .errors import connection_lost_error, handshake_error, redact_url
 from .log import logger
+from .transport import ConnectionLost, RequestEvent
 
 # a peer that never answers our close frame must not hold the worker (aiohttp waits 10 s)
 CLOSE_TIMEOUT: Final = 2.0
 MAX_MESSAGE_SIZE: Final = 16 * 1024 * 1024
 
 
-@dataclass(frozen=True)
-class ConnectionLost:
-    """The socket closed while the request was open."""
-
-    close_code: int | None
-    reason: str
-
-
-RequestEvent = protocol.ServerMessage | ConnectionLost
-
-
-class RequestChannel:
+class WebSocketChannel:
     """The server's messages for one request, in the order they arrived."""
 
-    def __init__(self, connection: Connection, request_id: str) -> None:
+    def __init__(self, connection: WebSocketTransport, request_id: str) -> None:
         self.request_id = request_id
         self._connection = connection
         self._queue: asyncio.Queue[RequestEvent] = asyncio.Queue()
@@ -53,7 +43,7 @@ class RequestChannel:
         self._slot = False  # holds one of the connection's request slots
 
     @property
-    def connection(self) -> Connection:
+    def transport(self) -> WebSocketTransport:
         return self._connection
 
     def _deliver(self, event: RequestEvent) -> None:
@@ -81,12 +71,15 @@ class RequestChannel:
         """Stop routing messages here; later ones for this request are dropped."""
         self._connection._unroute(self)
 
+    async def send(self, msg: protocol.TextToSpeech) -> None:
+        await self._connection.send_request(self, msg)
+
     async def cancel(self) -> None:
         """Ask the server to stop this request if it is still running; drop what follows."""
         await self._connection.cancel(self)
 
 
-class Connection:
+class WebSocketTransport:
     """A connected socket, its receive loop, and the requests it carries."""
 
     def __init__(
@@ -99,7 +92,7 @@ class Connection:
         self._protocol = ClientProtocol(tagged=ws.protocol == protocol.SUBPROTOCOL)
         self._protocol.capabilities = capabilities
         self.connected_at = time.monotonic()
-        self._routes: dict[str, RequestChannel] = {}
+        self._routes: dict[str, WebSocketChannel] = {}
         self._send_lock = asyncio.Lock()
         self._lost: ConnectionLost | None = None
         self._closing = False
@@ -134,7 +127,7 @@ class Connection:
     def in_flight(self) -> int:
         return len(self._routes)
 
-    async def open_request(self, request_id: str) -> RequestChannel:
+    async def open_request(self, request_id: str) -> WebSocketChannel:
         """Start routing ``request_id``'s messages; call before sending the request.
 
         Waits for one of the server's request slots: that is queueing behind our own
@@ -143,7 +136,7 @@ class Connection:
         """
         self._raise_if_lost()
         holds_slot = self._slots is not None and await self._acquire_slot()
-        channel = RequestChannel(self, request_id)
+        channel = WebSocketChannel(self, request_id)
         channel._slot = holds_slot
         if not self._routes:
             self._owed_since = time.monotonic()
@@ -183,7 +176,7 @@ class Connection:
             # RuntimeError: aiohttp refuses to write to a socket that is closing
             raise APIConnectionError(f"Knowlithic TTS connection failed while sending: {e}") from e
 
-    async def send_request(self, channel: RequestChannel, msg: protocol.TextToSpeech) -> None:
+    async def send_request(self, channel: WebSocketChannel, msg: protocol.TextToSpeech) -> None:
         """Send ``channel``'s request.  A socket that fails on the way is reported on the
         channel as its loss, so its reader asks again as for any lost socket."""
         try:
@@ -192,7 +185,7 @@ class Connection:
             if not channel.finished:
                 channel._deliver(ConnectionLost(close_code=None, reason=str(e)))
 
-    async def cancel(self, channel: RequestChannel) -> None:
+    async def cancel(self, channel: WebSocketChannel) -> None:
         """Ask the server to stop an unfinished request and drop whatever it still sends."""
         channel.close()
         if channel.finished or self.closed:
@@ -229,7 +222,7 @@ class Connection:
         finally:
             await _cancel_and_wait(self._recv_task)
 
-    def _unroute(self, channel: RequestChannel) -> None:
+    def _unroute(self, channel: WebSocketChannel) -> None:
         if channel._slot and self._slots is not None:
             channel._slot = False
             self._slots.release()
@@ -327,7 +320,7 @@ async def connect(
     api_key: str | None,
     timeout: float,
     heartbeat: float | None,
-) -> Connection:
+) -> WebSocketTransport:
     """Open a connection, mapping every failure to the framework's API errors.
 
     The API key travels in a header only; it never appears in a URL, a log or an error.
@@ -361,7 +354,7 @@ async def connect(
         raise APIConnectionError(
             f"cannot connect to Knowlithic TTS at {redact_url(url)}: {type(e).__name__}"
         ) from None
-    return Connection(ws, capabilities=capabilities)
+    return WebSocketTransport(ws, capabilities=capabilities)
 
 
 async def _read_capabilities(ws: aiohttp.ClientWebSocketResponse) -> protocol.Capabilities:

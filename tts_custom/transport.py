@@ -1,0 +1,110 @@
+"""What the plugin needs from a transport to a Knowlithic server, whatever carries it.
+
+A :class:`Transport` is one open link to a server (today a WebSocket,
+:mod:`.ws_transport`) that opens requests and closes.  Each request is a :class:`Channel`
+that sends it, cancels it and receives its messages, routed and ended by the protocol's
+rules, with
+:class:`ConnectionLost` as the last event of every open request when the link dies.  The
+synthesis (:mod:`.synthesis`) and the shared link (:mod:`.shared_connection`) use only these
+two interfaces, so a second transport is one new module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol, TypeAlias
+
+from livekit.agents import APIConnectionError
+
+import knowlithic_protocol as protocol
+
+
+@dataclass(frozen=True)
+class ConnectionLost:
+    """The link closed while the request was open."""
+
+    close_code: int | None
+    reason: str
+
+
+RequestEvent: TypeAlias = protocol.ServerMessage | ConnectionLost
+
+
+class Channel(Protocol):
+    """The server's messages for one request, in the order they arrived."""
+
+    request_id: str
+    finished: bool  # its last event has arrived
+    lost: bool  # ...and that was the loss of its link
+    answered: asyncio.Event  # its first event (of any kind) has arrived
+
+    @property
+    def transport(self) -> Transport: ...
+
+    async def send(self, msg: protocol.TextToSpeech) -> None:
+        """Send the request; a failure arrives as this channel's ``ConnectionLost``."""
+        ...
+
+    async def receive(self, timeout: float) -> RequestEvent:
+        """The next event; ``APITimeoutError`` if none comes within ``timeout`` seconds."""
+        ...
+
+    async def cancel(self) -> None:
+        """Ask the server to stop the request if it still runs; drop whatever follows."""
+        ...
+
+    def close(self) -> None:
+        """Stop taking events for the request (it ended, or is given up)."""
+        ...
+
+
+class Transport(Protocol):
+    """One open link to a server, shared by many requests."""
+
+    answered: int  # events the server sent for requests: proof that it works
+    on_first_answer: Callable[[], None] | None
+
+    @property
+    def capabilities(self) -> protocol.Capabilities | None:
+        """What the server said it offers (``None``: a server that does not say)."""
+        ...
+
+    @property
+    def closed(self) -> bool: ...
+
+    @property
+    def in_flight(self) -> int:
+        """Requests open on it."""
+        ...
+
+    @property
+    def closed_by_client(self) -> bool: ...
+
+    @property
+    def age(self) -> float:
+        """Seconds since it opened."""
+        ...
+
+    @property
+    def fault_began(self) -> float:
+        """When it stopped serving: a silence with requests owed, or the moment it closed."""
+        ...
+
+    async def open_request(self, request_id: str) -> Channel:
+        """Start routing ``request_id``'s events; before its request is sent."""
+        ...
+
+    def lost_error(self) -> APIConnectionError:
+        """Why it closed, as the error a request on it gets."""
+        ...
+
+    async def wait_idle(self) -> None: ...
+
+    async def wait_closed(self) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+Connect: TypeAlias = Callable[[float], Awaitable[Transport]]  # the timeout in seconds
