@@ -103,6 +103,7 @@ def build_tts(settings: Settings) -> KnowlithicTTS:
         base_url=settings.tts_server_url,
         voice=settings.tts_voice,
         sample_rate=settings.tts_sample_rate,
+        output_format=settings.tts_output_format,
         api_key=settings.tts_api_key,
     )
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Final, TypeVar
 from urllib.parse import urlsplit
 
-from knowlithic_protocol import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
+from knowlithic_protocol import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, OUTPUT_FORMATS, OutputFormat
 from tts_custom.knowlithictts import URL_SCHEMES, header_safe_key
 
 __all__ = [
@@ -91,6 +91,7 @@ class Settings:
     tts_api_key: str | None = field(repr=False)
     tts_voice: str
     tts_sample_rate: int
+    tts_output_format: OutputFormat
     tts_timeout: float
 
     vad_activation_threshold: float
@@ -154,6 +155,7 @@ def load_settings(
         tts_api_key=env.parse("KNOWLITHIC_API_KEY", None, _header_value),
         tts_voice=env.text("KNOWLITHIC_VOICE", "elise"),
         tts_sample_rate=env.parse("KNOWLITHIC_SAMPLE_RATE", 16000, _sample_rate),
+        tts_output_format=env.parse("KNOWLITHIC_OUTPUT_FORMAT", "wav", _output_format),
         tts_timeout=env.parse("KNOWLITHIC_TIMEOUT", DEFAULT_TTS_TIMEOUT, _timeout),
         vad_activation_threshold=env.parse("VAD_ACTIVATION_THRESHOLD", 0.5, _probability),
         vad_min_speech_duration=env.parse("VAD_MIN_SPEECH_DURATION", 0.05, _seconds),
@@ -292,6 +294,13 @@ def _seconds(raw: str) -> float:
     if value < 0.0:
         raise ValueError(expected)
     return value
+
+
+def _output_format(raw: str) -> OutputFormat:
+    for name in OUTPUT_FORMATS:
+        if raw.strip().lower() == name:
+            return name
+    raise ValueError(f"expected one of {', '.join(OUTPUT_FORMATS)}")
 
 
 def _sample_rate(raw: str) -> int:

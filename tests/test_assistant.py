@@ -132,6 +132,7 @@ async def test_build_session_wires_every_component(monkeypatch: pytest.MonkeyPat
         GROQ_MODEL="openai/gpt-oss-20b",
         KNOWLITHIC_VOICE="joe",
         KNOWLITHIC_SAMPLE_RATE="22050",
+        KNOWLITHIC_OUTPUT_FORMAT="pcm",
         VAD_ACTIVATION_THRESHOLD="0.6",
         ENDPOINTING_MIN_DELAY="0.4",
         ENDPOINTING_MAX_DELAY="2.0",
@@ -152,6 +153,7 @@ async def test_build_session_wires_every_component(monkeypatch: pytest.MonkeyPat
 
         assert isinstance(voice, KnowlithicTTS)
         assert voice.sample_rate == 22050
+        assert voice._opts.output_format == "pcm"
         assert voice.capabilities.aligned_transcript
         assert session.options.use_tts_aligned_transcript is True
 

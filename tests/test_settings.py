@@ -101,6 +101,7 @@ def test_values_are_read_and_stripped() -> None:
         KNOWLITHIC_API_KEY="k",
         KNOWLITHIC_VOICE="joe",
         KNOWLITHIC_SAMPLE_RATE="24000",
+        KNOWLITHIC_OUTPUT_FORMAT=" PCM ",
         VAD_ACTIVATION_THRESHOLD="0.35",
         VAD_MIN_SPEECH_DURATION="0",
         VAD_MIN_SILENCE_DURATION="1.5",
@@ -109,6 +110,7 @@ def test_values_are_read_and_stripped() -> None:
     assert (s.deepgram_model, s.deepgram_language) == ("nova-2", "en-US")
     assert s.groq_model == "openai/gpt-oss-20b"
     assert (s.tts_api_key, s.tts_voice, s.tts_sample_rate) == ("k", "joe", 24000)
+    assert s.tts_output_format == "pcm"
     assert s.vad_activation_threshold == 0.35
     assert (s.vad_min_speech_duration, s.vad_min_silence_duration) == (0.0, 1.5)
     assert s.noise_cancellation is False
@@ -148,6 +150,7 @@ def test_missing_and_malformed_are_reported_together() -> None:
             "VAD_ACTIVATION_THRESHOLD": "20.0",
             "NOISE_CANCELLATION": "maybe",
             "KNOWLITHIC_SAMPLE_RATE": "16k",
+            "KNOWLITHIC_OUTPUT_FORMAT": "mp3",
             "KNOWLITHIC_TTS_SERVER": "localhost:8000",
             "AGENT_PROMPT": "nobody",
         }
@@ -161,6 +164,7 @@ def test_missing_and_malformed_are_reported_together() -> None:
         "VAD_ACTIVATION_THRESHOLD",
         "NOISE_CANCELLATION",
         "KNOWLITHIC_SAMPLE_RATE",
+        "KNOWLITHIC_OUTPUT_FORMAT",
         "KNOWLITHIC_TTS_SERVER",
         "AGENT_PROMPT",
     }
