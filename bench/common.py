@@ -77,15 +77,19 @@ async def local_tts_server(*args: str, timeout: float = 60.0) -> AsyncIterator[s
 
 
 @asynccontextmanager
-async def delay_proxy_process(target_port: int, rtt: float) -> AsyncIterator[int]:
+async def delay_proxy_process(
+    target_port: int, rtt: float, *, bandwidth: float | None = None
+) -> AsyncIterator[int]:
     """Run tests/delay_proxy.py in a process of its own; yield the port it listens on.
 
     In its own process the link's work does not compete with the client being measured for
-    the event loop, as a real network would not.
+    the event loop, as a real network would not.  ``bandwidth`` (bit/s) caps the link, shared
+    by every connection through it.
     """
     proc = await asyncio.create_subprocess_exec(
         *(sys.executable, "-m", "tests.delay_proxy"),
         *("--target-port", str(target_port), "--rtt", str(rtt)),
+        *(("--bandwidth", str(bandwidth)) if bandwidth is not None else ()),
         stdout=asyncio.subprocess.PIPE,
     )
     assert proc.stdout is not None
