@@ -25,6 +25,7 @@ import numpy as np
 from aiohttp import WSMessage, WSMsgType, web
 
 import knowlithic_protocol as protocol
+from knowlithic_protocol import formats
 
 Payload = Literal["request", "pcm", "wav_per_request", "wav_per_message"]
 Transport = Literal["auto", "base64", "binary"]
@@ -70,6 +71,8 @@ class Behavior:
     wav_claimed_size: int | None = None  # a data size in the header that lies short
     channels: int = 1  # WAV payloads only: each sample repeated on every channel
     voices: tuple[str, ...] = ("elise", "joe")
+    output_formats: tuple[str, ...] = protocol.OUTPUT_FORMATS  # as the capabilities say
+    corrupt_payload: int | None = None  # flip a byte in this audio message of every request
     max_text_length: int | None = None
     handshake_status: int | None = None
     idle_timeout: float | None = None  # close a socket that sends nothing (not even a ping)
@@ -207,7 +210,7 @@ class FakeKnowlithicServer:
         caps = protocol.Capabilities(
             protocol_version=protocol.PROTOCOL_VERSION,
             voices=b.voices,
-            output_formats=protocol.OUTPUT_FORMATS,
+            output_formats=b.output_formats,
             sample_rates=(8000, 16000, 22050, 24000, 44100, 48000),
             word_timestamps=b.word_timestamps,
             max_text_length=b.max_text_length,
@@ -294,6 +297,8 @@ class FakeKnowlithicServer:
     def _chunks(self, req: protocol.TextToSpeech, pcm: bytes, rate: int) -> list[bytes]:
         b = self.behavior
         payload = b.payload
+        if payload == "request" and req.output_format == "opus":
+            return self._corrupted(_opus_pages(pcm, rate, b.chunk_bytes))
         if payload == "request":
             payload = "wav_per_request" if req.output_format == "wav" else "pcm"
         if b.channels > 1:
@@ -316,6 +321,14 @@ class FakeKnowlithicServer:
             stream = header + pcm + b.wav_trailer
             return [stream[i : i + size] for i in range(0, len(stream), size)]
         return parts
+
+    def _corrupted(self, payloads: list[bytes]) -> list[bytes]:
+        index = self.behavior.corrupt_payload
+        if index is None or index >= len(payloads):
+            return payloads
+        damaged = bytearray(payloads[index])
+        damaged[len(damaged) // 2] ^= 0x40
+        return [*payloads[:index], bytes(damaged), *payloads[index + 1 :]]
 
     async def _send_audio(
         self,
@@ -385,3 +398,11 @@ async def _until_idle(ws: web.WebSocketResponse) -> AsyncIterator[WSMessage]:
 
 def _forget(running: dict[str, asyncio.Task[None]], request_id: str, _: object) -> None:
     running.pop(request_id, None)
+
+
+def _opus_pages(pcm: bytes, rate: int, chunk_bytes: int) -> list[bytes]:
+    """``pcm`` as one Ogg Opus stream, one payload per ``chunk_bytes`` of PCM."""
+    encoder = formats.new_encoder("opus", sample_rate=rate)
+    parts = [pcm[i : i + chunk_bytes] for i in range(0, len(pcm), chunk_bytes)]
+    payloads = [encoder.encode(part, last=n == len(parts) - 1) for n, part in enumerate(parts)]
+    return [p for p in payloads if p]

@@ -7,6 +7,7 @@ import sys
 import wave
 from pathlib import Path
 
+import av
 import pytest
 
 from tests.fake_knowlithic import FakeKnowlithicServer, speech_for
@@ -93,3 +94,45 @@ def test_bad_input_is_refused(
 ) -> None:
     assert say.main(args) == 2
     assert message in capsys.readouterr().err
+
+
+async def test_opus_writes_the_stream_as_received_a_file_players_read(
+    server: FakeKnowlithicServer, tmp_path: Path
+) -> None:
+    target = tmp_path / "hello.ogg"
+    text = "Hello there. How are you?"
+    code, out, err = await run_say(text, "--url", server.url, "--format", "opus", "-o", str(target))
+    assert code == 0, err
+    assert "Ogg Opus" in out and "kbit/s" in out
+    (request,) = server.received.requests  # the whole text in one request
+    assert (request.text, request.output_format) == (text, "opus")
+    with av.open(str(target), mode="r") as container:
+        stream = container.streams.audio[0]
+        samples: int = sum(frame.samples for frame in container.decode(stream))
+    assert samples / 48000 == pytest.approx(len(speech_for(text, 16000)) / 2 / 16000, abs=0.001)
+
+
+async def test_opus_from_a_server_without_it_is_a_one_line_error(
+    server: FakeKnowlithicServer, tmp_path: Path
+) -> None:
+    server.behavior.output_formats = ("pcm", "wav")
+    target = tmp_path / "hello.ogg"
+    code, _, err = await run_say(
+        "Hello.", "--url", server.url, "--format", "opus", "-o", str(target)
+    )
+    assert code == 1
+    assert "does not offer opus" in err and err.count("\n") == 1
+    assert not target.exists()
+
+
+@pytest.mark.parametrize("fmt", ["wav", "opus"])
+async def test_an_output_path_that_cannot_be_written_is_refused_before_speaking(
+    server: FakeKnowlithicServer, tmp_path: Path, fmt: str
+) -> None:
+    for target in (tmp_path / "missing" / "x.out", tmp_path):
+        code, _, err = await run_say(
+            "Hello.", "--url", server.url, "--format", fmt, "-o", str(target)
+        )
+        assert code == 2
+        assert err.startswith(f"error: cannot write {target}") and err.count("\n") == 1
+    assert not server.received.requests  # nothing synthesized for nothing

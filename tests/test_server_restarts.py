@@ -15,10 +15,13 @@ import contextlib
 import time
 from collections.abc import AsyncIterator
 
+import numpy as np
+import numpy.typing as npt
 import pytest
 from livekit.agents import APIConnectionError, APIConnectOptions, APIError, APITimeoutError
 from livekit.agents.tts import TTSError
 
+from knowlithic_protocol import OutputFormat
 from tests.plugin_helpers import Spoken, eventually, speak
 from tests.server.asr import normalize, transcribe, word_errors
 from tests.server_process import DETERMINISTIC, ServerProcess
@@ -61,10 +64,20 @@ def collect_errors(plugin: TTS) -> list[TTSError]:
     return errors
 
 
-@pytest.mark.parametrize("kill_after", [0.5, 3.0])
+@pytest.mark.parametrize(
+    ("kill_after", "output_format"), [(0.5, "wav"), (3.0, "wav"), (0.5, "opus"), (3.0, "opus")]
+)
 async def test_a_restart_mid_reply_costs_a_pause_not_the_reply(
-    kill_after: float, tts_server: ServerProcess, tts: TTS
+    kill_after: float, output_format: OutputFormat, tts_server: ServerProcess
 ) -> None:
+    tts = TTS(base_url=tts_server.url, output_format=output_format)
+    try:
+        await _restart_mid_reply(kill_after, tts_server, tts)
+    finally:
+        await tts.aclose()
+
+
+async def _restart_mid_reply(kill_after: float, tts_server: ServerProcess, tts: TTS) -> None:
     reference = await speak(tts, LONG_REPLY)
     errors = collect_errors(tts)
     spoken = Spoken()
@@ -87,8 +100,22 @@ async def test_a_restart_mid_reply_costs_a_pause_not_the_reply(
     # kill (the rest is the new process's rendition, resumed where the caller stopped)
     assert abs(len(spoken.pcm) - len(reference.pcm)) <= 0.05 * BYTES_PER_SECOND
     assert spoken.pcm[:heard_before_kill] == reference.pcm[:heard_before_kill]
-    heard, undisturbed = normalize(transcribe(spoken.pcm)), normalize(transcribe(reference.pcm))
-    assert word_errors(undisturbed, heard) <= 2
+    # the same speech at the same moments: no gap, no sentence moved or repeated
+    assert np.corrcoef(loudness(spoken.pcm), loudness(reference.pcm))[0, 1] > 0.95
+    if tts._opts.output_format != "opus":
+        # lossless: the recognizer hears the same sounds (with Opus the new rendition's
+        # coding differs slightly, and pocketsphinx's whole-utterance search with it)
+        heard = normalize(transcribe(spoken.pcm))
+        undisturbed = normalize(transcribe(reference.pcm))
+        assert word_errors(undisturbed, heard) <= 2, (" ".join(undisturbed), " ".join(heard))
+
+
+def loudness(pcm: bytes, frame: int = 320) -> npt.NDArray[np.float64]:
+    """RMS of each 20 ms at 16 kHz: where the speech is, whatever coded it."""
+    samples = np.frombuffer(pcm, dtype="<i2").astype(np.float64)
+    frames = samples[: len(samples) // frame * frame].reshape(-1, frame)
+    rms: npt.NDArray[np.float64] = np.sqrt((frames * frames).mean(axis=1))
+    return rms
 
 
 async def _first_audio_at(plugin: TTS, text: str, options: APIConnectOptions) -> float:

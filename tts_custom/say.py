@@ -2,9 +2,12 @@
 
     python -m tts_custom.say "Hello, I'm Avery." -o hello.wav
     echo "Read from standard input." | python -m tts_custom.say - -o out.wav
+    python -m tts_custom.say "Hello." --format opus -o hello.ogg
 
 It streams the text exactly as the agent does (sentence by sentence over one WebSocket) to
 the server in KNOWLITHIC_TTS_SERVER (default ws://localhost:8000, the self-hosted server).
+With ``--format opus`` it asks for the whole text in one request and writes the Ogg Opus
+stream exactly as it arrived: what is on the wire, playable as a file.
 """
 
 from __future__ import annotations
@@ -19,9 +22,25 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from livekit.agents import APIConnectOptions, APIError
+import aiohttp
+from livekit.agents import APIConnectOptions, APIError, APIStatusError
 
-from .knowlithictts import BASE_URL_ENV_VARS, DEFAULT_SAMPLE_RATE, DEFAULT_VOICE, TTS
+import knowlithic_protocol as protocol
+from knowlithic_protocol import formats
+
+from .errors import server_error
+from .knowlithictts import (
+    API_KEY_ENV_VAR,
+    BASE_URL_ENV_VARS,
+    DEFAULT_SAMPLE_RATE,
+    DEFAULT_VOICE,
+    TTS,
+    header_safe_key,
+    take_key_from_url,
+    websocket_url,
+)
+from .transport import ConnectionLost
+from .ws_transport import connect
 
 
 @dataclass(frozen=True)
@@ -48,6 +67,70 @@ async def speak(text: str, tts: TTS, *, timeout: float = 10.0) -> Spoken:
     return Spoken(b"".join(chunks), tts.sample_rate, first_audio, time.perf_counter() - started)
 
 
+@dataclass(frozen=True)
+class Received:
+    payloads: bytes  # the audio payloads of one request, joined: an Ogg Opus file
+    seconds: float
+    sample_rate: int
+    first_audio: float
+    total: float
+
+
+async def receive_stream(
+    url: str,
+    text: str,
+    *,
+    voice: str,
+    sample_rate: int,
+    output_format: protocol.OutputFormat,
+    timeout: float = 10.0,
+) -> Received:
+    """Ask for ``text`` in one request and keep its audio payloads as they arrived (each
+    checked by decoding it, so a corrupt stream is an error, not a broken file)."""
+    ws_url, url_key = take_key_from_url(websocket_url(url))
+    api_key = header_safe_key(os.environ.get(API_KEY_ENV_VAR) or url_key)
+    started = time.perf_counter()
+    async with aiohttp.ClientSession() as http:
+        conn = await connect(http, ws_url, api_key=api_key, timeout=timeout, heartbeat=None)
+        try:
+            caps = conn.capabilities
+            if caps is None or output_format not in caps.output_formats:
+                raise APIStatusError(
+                    f"the server does not offer {output_format} audio",
+                    status_code=400,
+                    retryable=False,
+                )
+            channel = await conn.open_request("say")
+            await channel.send(
+                protocol.TextToSpeech("say", text, voice, sample_rate, output_format)
+            )
+            decoder = formats.new_decoder(output_format, sample_rate=sample_rate)
+            payloads, samples, rate, first = bytearray(), 0, sample_rate, 0.0
+            while True:
+                event = await channel.receive(timeout)
+                if isinstance(event, protocol.Audio):
+                    first = first or time.perf_counter() - started
+                    payloads += event.data
+                    chunks = [decoder.feed(event.data, sample_rate=event.sample_rate)]
+                elif isinstance(event, protocol.Complete):
+                    chunks = [decoder.finish()]
+                elif isinstance(event, protocol.Error):
+                    raise server_error(event)
+                elif isinstance(event, ConnectionLost):
+                    raise conn.lost_error()
+                else:
+                    continue
+                for chunk in chunks:
+                    if chunk is not None:
+                        samples += len(chunk.pcm) // (2 * chunk.num_channels)
+                        rate = chunk.sample_rate
+                if isinstance(event, protocol.Complete):
+                    break
+        finally:
+            await conn.aclose()
+    return Received(bytes(payloads), samples / rate, rate, first, time.perf_counter() - started)
+
+
 def write_wav(path: Path, pcm: bytes, sample_rate: int) -> None:
     with wave.open(str(path), "wb") as out:
         out.setnchannels(1)
@@ -71,7 +154,10 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--voice", default=os.environ.get("KNOWLITHIC_VOICE") or DEFAULT_VOICE)
     parser.add_argument("--sample-rate", type=int, default=DEFAULT_SAMPLE_RATE)
     parser.add_argument(
-        "--format", choices=["wav", "pcm"], default="wav", help="audio format on the wire"
+        "--format",
+        choices=protocol.OUTPUT_FORMATS,
+        default="wav",
+        help="audio format on the wire; with opus the output is the Ogg Opus stream as received",
     )
     return parser.parse_args(argv)
 
@@ -81,9 +167,14 @@ async def _main(args: argparse.Namespace) -> int:
     if not text.strip():
         print("nothing to say: the text is empty", file=sys.stderr)
         return 2
+    if (problem := _unwritable(args.output)) is not None:
+        print(f"error: cannot write {args.output}: {problem}", file=sys.stderr)
+        return 2
     url = args.url or next(
         (v for name in BASE_URL_ENV_VARS if (v := os.environ.get(name))), "ws://localhost:8000"
     )
+    if args.format == "opus":
+        return await _receive_opus(args, text, url)
     try:
         tts = TTS(
             base_url=url,
@@ -107,6 +198,36 @@ async def _main(args: argparse.Namespace) -> int:
     print(
         f"wrote {args.output}: {seconds:.2f} s of audio at {spoken.sample_rate} Hz; "
         f"first audio after {spoken.first_audio * 1000:.0f} ms, done in {spoken.total:.2f} s"
+    )
+    return 0
+
+
+def _unwritable(path: Path) -> str | None:
+    """Why ``path`` cannot be written, checked before any synthesis is spent on it."""
+    folder = path.parent
+    if not folder.is_dir():
+        return f"{folder} is not a folder"
+    if path.is_dir():
+        return "it is a folder"
+    if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        return "permission denied"
+    return None
+
+
+async def _receive_opus(args: argparse.Namespace, text: str, url: str) -> int:
+    try:
+        received = await receive_stream(
+            url, text, voice=args.voice, sample_rate=args.sample_rate, output_format="opus"
+        )
+    except (APIError, formats.AudioFormatError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    args.output.write_bytes(received.payloads)
+    kbits = len(received.payloads) * 8 / received.seconds / 1000 if received.seconds else 0.0
+    print(
+        f"wrote {args.output}: {received.seconds:.2f} s of Ogg Opus audio at "
+        f"{received.sample_rate} Hz ({len(received.payloads)} bytes, {kbits:.1f} kbit/s); "
+        f"first audio after {received.first_audio * 1000:.0f} ms, done in {received.total:.2f} s"
     )
     return 0
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import weakref
 from collections.abc import AsyncIterable, Awaitable, Callable
 from dataclasses import dataclass, replace
 from functools import partial
@@ -34,6 +35,7 @@ from livekit.agents import APIConnectionError, APIError, APIStatusError, APITime
 from livekit.agents.types import TimedString
 
 import knowlithic_protocol as protocol
+from knowlithic_protocol import formats
 from knowlithic_protocol.formats import AudioFormatError, PcmChunk, new_decoder
 
 from .alignment import align_words
@@ -64,6 +66,7 @@ class _Sentence:
     text: str
     channel: Channel | None = None
     attempts: int = 0
+    output_format: protocol.OutputFormat = "pcm"  # of its latest request
     played: int = 0  # output samples of this sentence already pushed
     words_sent: bool = False
     started_at: float = 0.0  # the stream's audio duration when this sentence began
@@ -147,6 +150,8 @@ class SentenceSynthesis:
         self._draining: APIError | None = None
         self._patience = patience
         self._template = template
+        # what the caller asked for; a server without it gets the fallback (see _format_for)
+        self._preferred_format = template.output_format
         self._emitter = emitter
         self._sink = AudioSink(emitter, sample_rate=template.sample_rate)
         self._window = asyncio.Semaphore(window)
@@ -226,7 +231,11 @@ class SentenceSynthesis:
         self._use(acquired.connection)
 
     def _use(self, conn: Transport) -> None:
-        if (caps := conn.capabilities) is not None:
+        caps = conn.capabilities
+        self._template = replace(
+            self._template, output_format=_format_for(conn, self._preferred_format)
+        )
+        if caps is not None:
             check_supported(caps, self._template)
             if not caps.word_timestamps and self._template.word_timestamps:
                 self._template = replace(self._template, word_timestamps=False)
@@ -274,6 +283,7 @@ class SentenceSynthesis:
                     raise
                 # it died while this request waited for a slot: on to the next one
         sentence.channel = channel
+        sentence.output_format = self._template.output_format
         await channel.send(replace(self._template, request_id=request_id, text=sentence.text))
 
     async def _play_all(self) -> None:
@@ -317,7 +327,7 @@ class SentenceSynthesis:
     async def _play_attempt(self, sentence: _Sentence) -> None:
         assert sentence.channel is not None
         channel = sentence.channel
-        decoder = new_decoder(self._template.output_format, sample_rate=self._template.sample_rate)
+        decoder = new_decoder(sentence.output_format, sample_rate=self._template.sample_rate)
         self._sink.skip(sentence.played)  # a new rendition resumes where the last one stopped
         patience = self._patience
         while True:
@@ -412,6 +422,27 @@ def speakable(text: str) -> bool:
 def _silence(sample_rate: int) -> PcmChunk:
     samples = sample_rate // 50  # 20 ms
     return PcmChunk(pcm=bytes(2 * samples), sample_rate=sample_rate, num_channels=1)
+
+
+# transports already told that their server lacks the format asked for (said once each)
+_told_fallback: weakref.WeakSet[Transport] = weakref.WeakSet()
+FALLBACK_FORMAT: protocol.OutputFormat = "pcm"
+
+
+def _format_for(conn: Transport, preferred: protocol.OutputFormat) -> protocol.OutputFormat:
+    """``preferred`` if the server takes it, else PCM: a format not every server knows is
+    asked for only from a server whose capabilities list it."""
+    caps = conn.capabilities
+    if formats.get(preferred).universal or (caps is not None and preferred in caps.output_formats):
+        return preferred
+    if conn not in _told_fallback:
+        _told_fallback.add(conn)
+        logger.info(
+            "the Knowlithic TTS server does not offer %s audio; using %s",
+            preferred,
+            FALLBACK_FORMAT,
+        )
+    return FALLBACK_FORMAT
 
 
 def check_supported(caps: protocol.Capabilities, request: protocol.TextToSpeech) -> None:

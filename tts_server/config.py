@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any, Final
 
 import knowlithic_protocol as protocol
+from knowlithic_protocol import MAX_BITRATE, MIN_BITRATE
+from knowlithic_protocol.formats.opus import DEFAULT_BITRATE
 
 from .engines import ENGINE_NAMES
 
@@ -120,6 +122,15 @@ def _parse_voices(values: Sequence[str]) -> tuple[VoiceSpec, ...]:
     if not specs:
         raise ValueError("at least one voice is needed")
     return tuple(specs.values())
+
+
+def _bitrate(text: str) -> int:
+    value = int(text)
+    if not MIN_BITRATE <= value <= MAX_BITRATE:
+        raise argparse.ArgumentTypeError(
+            f"must be from {MIN_BITRATE} to {MAX_BITRATE} bit/s, not {value}"
+        )
+    return value
 
 
 def _engine_name(text: str) -> str:
@@ -333,6 +344,13 @@ class ServerConfig:
         "SENTENCE_SILENCE",
         "Seconds of silence between sentences.",
         convert=_non_negative_float,
+    )
+    opus_bitrate: int = setting(
+        DEFAULT_BITRATE,
+        "OPUS_BITRATE",
+        f"Bit rate of Opus audio in bit/s ({MIN_BITRATE} to {MAX_BITRATE}), unless a request "
+        "asks for its own.",
+        convert=_bitrate,
     )
     chunk_ms: int = setting(
         40, "CHUNK_MS", "Milliseconds of audio per audio message (20 to 50).", convert=_chunk_ms

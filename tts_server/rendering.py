@@ -59,10 +59,15 @@ class Rendering:
         msg, voice, state = self._msg, self._voice, self._state
         config = state.config
         resampler = StreamResampler(voice.sample_rate, msg.sample_rate)
-        chunk_samples = max(1, msg.sample_rate * config.chunk_ms // 1000)
+        message_ms = formats.get(msg.output_format).message_ms or config.chunk_ms
+        chunk_samples = max(1, msg.sample_rate * message_ms // 1000)
         clause_pause = config.sentence_silence * _CLAUSE_PAUSE_RATIO
         pauses = {Boundary.SENTENCE: config.sentence_silence, Boundary.CLAUSE: clause_pause}
-        encoder = formats.new_encoder(msg.output_format, sample_rate=msg.sample_rate)
+        encoder = formats.new_encoder(
+            msg.output_format,
+            sample_rate=msg.sample_rate,
+            bitrate=msg.bitrate or config.opus_bitrate,
+        )
         self._encoder_rate = encoder.sample_rate  # a format may not offer the rate asked for
         compute = 0.0
         last_index = len(self._segments) - 1

@@ -108,11 +108,19 @@ class Client:
         output_format: protocol.OutputFormat = "pcm",
         word_timestamps: bool = False,
         stream_id: str | None = None,
+        bitrate: int | None = None,
     ) -> Result:
         result = self.results[request_id] = Result(request_id, sent_at=time.perf_counter())
         await self.send(
             protocol.TextToSpeech(
-                request_id, text, voice, sample_rate, output_format, word_timestamps, stream_id
+                request_id,
+                text,
+                voice,
+                sample_rate,
+                output_format,
+                word_timestamps,
+                stream_id,
+                bitrate,
             )
         )
         return result

@@ -61,7 +61,7 @@ async def test_streaming_speech_is_intelligible(make_plugin: MakePlugin) -> None
     assert word_error_rate(SENTENCES, heard) < WER_THRESHOLD
 
 
-@pytest.mark.parametrize("output_format", ["wav", "pcm"])
+@pytest.mark.parametrize("output_format", ["wav", "pcm", "opus"])
 async def test_chunked_synthesis_of_a_multi_sentence_reply(
     output_format: str, make_plugin: MakePlugin
 ) -> None:
@@ -73,8 +73,11 @@ async def test_chunked_synthesis_of_a_multi_sentence_reply(
     assert word_error_rate([reply], [transcribe(spoken.pcm)]) < WER_THRESHOLD
 
 
-async def test_word_timestamps_align_the_transcript(make_plugin: MakePlugin) -> None:
-    plugin = make_plugin()
+@pytest.mark.parametrize("output_format", ["wav", "opus"])
+async def test_word_timestamps_align_the_transcript(
+    output_format: str, make_plugin: MakePlugin
+) -> None:
+    plugin = make_plugin(output_format=output_format)
     spoken = await speak(plugin, REPLY)
     assert "".join(spoken.timed) == REPLY
     ends = [t.end_time for t in spoken.timed if isinstance(t.end_time, float)]
@@ -82,10 +85,11 @@ async def test_word_timestamps_align_the_transcript(make_plugin: MakePlugin) -> 
     assert ends[-1] <= seconds(spoken) + 0.05
 
 
+@pytest.mark.parametrize("output_format", ["wav", "opus"])
 async def test_one_socket_and_metrics_across_turns(
-    server: RunningServer, make_plugin: MakePlugin
+    output_format: str, server: RunningServer, make_plugin: MakePlugin
 ) -> None:
-    plugin = make_plugin()
+    plugin = make_plugin(output_format=output_format)
     metrics: list[TTSMetrics] = []
     plugin.on("metrics_collected", metrics.append)
     plugin.prewarm()
@@ -107,10 +111,11 @@ async def test_concurrent_streams_each_hear_their_own_words(make_plugin: MakePlu
     assert len({r.request_ids.pop() for r in results}) == len(texts)
 
 
+@pytest.mark.parametrize("output_format", ["wav", "opus"])
 async def test_interruption_cancels_on_the_server_and_the_next_turn_is_clean(
-    server: RunningServer, make_plugin: MakePlugin
+    output_format: str, server: RunningServer, make_plugin: MakePlugin
 ) -> None:
-    plugin = make_plugin()
+    plugin = make_plugin(output_format=output_format)
     long_reply = " ".join(SENTENCES)
     await interrupt_after_first_audio(plugin, long_reply)
     # the server frees the cancelled requests at once

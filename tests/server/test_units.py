@@ -204,6 +204,7 @@ def test_api_key_file(tmp_path: Path) -> None:
         ["--rate-limit", "-1"],
         ["--log-level", "LOUD"],
         ["--engine", "espeak"],
+        ["--opus-bitrate", "1000"],
     ],
 )
 def test_bad_values_are_refused(argv: list[str]) -> None:
