@@ -61,6 +61,8 @@ class Rendering:
         resampler = StreamResampler(voice.sample_rate, msg.sample_rate)
         message_ms = formats.get(msg.output_format).message_ms or config.chunk_ms
         chunk_samples = max(1, msg.sample_rate * message_ms // 1000)
+        # the first message is a short one whatever the format: it is the first audio
+        first_samples = min(chunk_samples, max(1, msg.sample_rate * config.chunk_ms // 1000))
         clause_pause = config.sentence_silence * _CLAUSE_PAUSE_RATIO
         pauses = {Boundary.SENTENCE: config.sentence_silence, Boundary.CLAUSE: clause_pause}
         encoder = formats.new_encoder(
@@ -94,7 +96,12 @@ class Rendering:
                 )
             self.audio_seconds += rendered.native_seconds
             position = 0
-            for size in audio.chunk_sizes(len(rendered.pcm) // 2, chunk_samples):
+            total = len(rendered.pcm) // 2
+            if self._sequence == 0 and first_samples < min(chunk_samples, total):
+                sizes = [first_samples, *audio.chunk_sizes(total - first_samples, chunk_samples)]
+            else:
+                sizes = audio.chunk_sizes(total, chunk_samples)
+            for size in sizes:
                 pcm = rendered.pcm[position : position + size * 2]
                 position += size * 2
                 if message := self._audio(encoder.encode(pcm)):

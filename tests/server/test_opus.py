@@ -31,6 +31,8 @@ def assert_whole_pages(result: Result) -> None:
     reader = ogg.PageReader()
     first = reader.feed(result.audio[0].data)
     assert [page.packets[0][:8] for page in first[:2]] == [b"OpusHead", b"OpusTags"]
+    # the first audio is a short message (--chunk-ms, 40 ms: two frames), the rest 200 ms
+    assert sum(len(page.packets) for page in first[2:]) <= 2
     for message in result.audio[1:]:
         assert message.data.startswith(b"OggS")
         reader.feed(message.data)
