@@ -1,8 +1,8 @@
 """Opus against PCM on the wire: bytes, first audio, a constrained link, intelligibility.
 
-    python -m bench.opus_link              # everything, about six minutes
-    python -m bench.opus_link --quick      # fewer texts and rounds
-    python -m bench.opus_link --json out.json
+    python -m bench.opus_link                   # everything, about eight minutes
+    python -m bench.opus_link --part open       # the open link and intelligibility only
+    python -m bench.opus_link --texts 4 --rounds 1 --bitrates 24000   # a quick look
 
 Against the real local server (``python -m tts_server`` with Piper, deterministic voice):
 
@@ -12,12 +12,12 @@ Against the real local server (``python -m tts_server`` with Piper, deterministi
 2. **Intelligibility**: every text rendered as PCM and as Opus at several bit rates (the
    request's ``bitrate``), decoded, transcribed by pocketsphinx; the word error rate of each
    against the text, and the difference from PCM's.
-3. **CPU**: process time per second of audio to encode (the server) and decode (the plugin)
-   the PCM renders of step 1 as Opus at the default bit rate, in 200 ms messages.
-4. **Constrained link**: a delaying proxy (50 ms round trip) that caps bandwidth, shared by
+3. **Constrained link**: a delaying proxy (50 ms round trip) that caps bandwidth, shared by
    concurrent replies, each a plugin ``TTS`` with its own socket as each call has; per
    reply, the first audio (what the caller waits for) and the underruns of a player that
    starts at the first frame and plays in real time.
+
+CPU and bytes per bit rate, without a server: ``python -m bench.opus_codec``.
 """
 
 from __future__ import annotations
@@ -142,11 +142,10 @@ class OpenLinkRow:
 
 
 async def open_link(
-    url: str, texts: Sequence[str], rounds: int, speech: dict[int, list[bytes]]
+    url: str, texts: Sequence[str], rounds: int, bitrates: Sequence[int]
 ) -> list[OpenLinkRow]:
-    """``speech`` gets the PCM renders, per rate, for the CPU measurement."""
     variants: list[tuple[protocol.OutputFormat, int | None]] = [("pcm", None)]
-    variants += [("opus", b) for b in BITRATES]
+    variants += [("opus", b) for b in bitrates]
     rows = []
     async with (
         aiohttp.ClientSession() as http,
@@ -169,8 +168,6 @@ async def open_link(
                         n += 1
                         got = await render(ws, f"r{n}", text, rate=rate, fmt=fmt, bitrate=bitrate)
                         results[fmt, bitrate].append(got)
-                        if fmt == "pcm":
-                            speech.setdefault(rate, []).append(got.pcm)
                         if len(hypotheses[fmt, bitrate]) < len(texts):
                             hypotheses[fmt, bitrate].append(
                                 transcribe(to_asr_rate(got.pcm, got.rate))
@@ -192,40 +189,7 @@ async def open_link(
     return rows
 
 
-# -- 3: CPU ------------------------------------------------------------------------------------
-
-
-@dataclass
-class CpuRow:
-    rate: int
-    encode_ms_per_s: float
-    decode_ms_per_s: float
-
-
-def codec_cpu(speech: dict[int, list[bytes]]) -> list[CpuRow]:
-    rows = []
-    for rate, renders in speech.items():
-        audio = sum(len(pcm) for pcm in renders) / 2 / rate
-        message = rate * 2 // 5  # 200 ms, as the server sends Opus
-        started = time.process_time()
-        encoded = []
-        for pcm in renders:
-            encoder = formats.new_encoder("opus", sample_rate=rate)
-            pieces = [pcm[i : i + message] for i in range(0, len(pcm), message)]
-            encoded.append([encoder.encode(p) for p in pieces] + [encoder.encode(b"", last=True)])
-        encoding = time.process_time() - started
-        started = time.process_time()
-        for payloads in encoded:
-            decoder = formats.new_decoder("opus", sample_rate=rate)
-            for payload in payloads:
-                decoder.feed(payload)
-            decoder.finish()
-        decoding = time.process_time() - started
-        rows.append(CpuRow(rate, encoding / audio * 1000, decoding / audio * 1000))
-    return rows
-
-
-# -- 4: constrained link -----------------------------------------------------------------------
+# -- 3: constrained link -----------------------------------------------------------------------
 
 
 @dataclass
@@ -317,31 +281,27 @@ async def constrained_link(
 class Report:
     machine: str
     open_link: list[OpenLinkRow] = field(default_factory=list)
-    cpu: list[CpuRow] = field(default_factory=list)
     constrained: list[ConstrainedRow] = field(default_factory=list)
     bandwidth: float = 0.0
     rtt: float = 0.0
     replies: int = 0
 
 
-async def main(args: argparse.Namespace) -> Report:
-    texts = TEXTS[:4] if args.quick else TEXTS
+async def run(args: argparse.Namespace) -> Report:
+    texts = TEXTS[: args.texts]
     report = Report(machine(), bandwidth=args.bandwidth, rtt=args.rtt, replies=args.replies)
     # no reply limit: the link, not the server's admission, is what is measured
     server_args = ("--noise-scale", "0", "--noise-w", "0", "--max-streams", "0")
     async with local_tts_server(*server_args) as url:
         if args.part in ("all", "open"):
-            speech: dict[int, list[bytes]] = {}
-            rounds = 1 if args.quick else 2
-            report.open_link = await open_link(url, texts, rounds=rounds, speech=speech)
-            report.cpu = codec_cpu(speech)
+            report.open_link = await open_link(url, texts, args.rounds, args.bitrates)
         if args.part == "open":
             return report
         port = int(url.rsplit(":", 1)[1])
         report.constrained = await constrained_link(
             port,
             replies=args.replies,
-            rounds=1 if args.quick else 3,
+            rounds=args.rounds,
             bandwidth=args.bandwidth,
             rtt=args.rtt,
         )
@@ -386,13 +346,6 @@ def show_open_link(report: Report, pcm_wer: dict[int, float]) -> None:
             ],
         )
     )
-    print("\nCPU per second of audio (Opus at the default bit rate, 200 ms messages)")
-    print(
-        table(
-            ["rate", "encode ms/s", "decode ms/s"],
-            [[r.rate, r.encode_ms_per_s, r.decode_ms_per_s] for r in report.cpu],
-        )
-    )
 
 
 def show_constrained(report: Report) -> None:
@@ -429,25 +382,28 @@ def show_constrained(report: Report) -> None:
     )
 
 
-def cli(argv: Sequence[str] | None = None) -> None:
+def main(argv: Sequence[str] | None = None) -> Report:
     parser = argparse.ArgumentParser(prog="python -m bench.opus_link", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="fewer texts and rounds")
     parser.add_argument(
         "--part",
         choices=("all", "open", "constrained"),
         default="all",
-        help="open link, intelligibility and CPU; or the constrained link; or all",
+        help="the open link and intelligibility, or the constrained link, or both",
     )
+    parser.add_argument("--texts", type=int, default=len(TEXTS), help="sentences (default all)")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of each (default 2)")
+    parser.add_argument("--bitrates", type=int, nargs="+", default=list(BITRATES))
     parser.add_argument("--replies", type=int, default=10, help="concurrent replies (default 10)")
     parser.add_argument("--bandwidth", type=float, default=1e6, help="bit/s (default 1 Mbit/s)")
     parser.add_argument("--rtt", type=float, default=0.05, help="seconds (default 0.05)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
-    report = asyncio.run(main(args))
+    report = asyncio.run(run(args))
     show(report)
     if args.json:
         args.json.write_text(json.dumps(asdict(report), indent=2))
+    return report
 
 
 if __name__ == "__main__":
-    cli()
+    main()

@@ -73,6 +73,7 @@ class Behavior:
     voices: tuple[str, ...] = ("elise", "joe")
     output_formats: tuple[str, ...] = protocol.OUTPUT_FORMATS  # as the capabilities say
     corrupt_payload: int | None = None  # flip a byte in this audio message of every request
+    truncate_last_payload: int = 0  # cut this many bytes off each request's last audio message
     max_text_length: int | None = None
     handshake_status: int | None = None
     idle_timeout: float | None = None  # close a socket that sends nothing (not even a ping)
@@ -324,6 +325,8 @@ class FakeKnowlithicServer:
 
     def _corrupted(self, payloads: list[bytes]) -> list[bytes]:
         index = self.behavior.corrupt_payload
+        if cut := self.behavior.truncate_last_payload:
+            payloads = [*payloads[:-1], payloads[-1][:-cut]]
         if index is None or index >= len(payloads):
             return payloads
         damaged = bytearray(payloads[index])

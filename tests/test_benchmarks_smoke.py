@@ -74,3 +74,18 @@ def test_worker_footprint(capsys: pytest.CaptureFixture[str]) -> None:
     worker_footprint.main(["--settle", "1", "--vad-seconds", "1"])
     out = capsys.readouterr().out
     assert "worker (agent.py start)" in out and "Silero VAD" in out
+
+
+def test_opus_link(capsys: pytest.CaptureFixture[str]) -> None:
+    from bench import opus_link
+
+    opus_link.main(["--texts", "1", "--rounds", "1", "--bitrates", "24000", "--replies", "2"])
+    out = capsys.readouterr().out
+    assert "Open link" in out and "Constrained link" in out and "opus" in out
+
+
+def test_opus_codec(capsys: pytest.CaptureFixture[str]) -> None:
+    from bench import opus_codec
+
+    opus_codec.main(["--synthetic", "--seconds", "1", "--rounds", "1"])
+    assert "encode CPU ms/s" in capsys.readouterr().out

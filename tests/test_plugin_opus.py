@@ -98,6 +98,19 @@ async def test_a_corrupt_page_fails_that_reply_and_the_socket_serves_the_next(
     assert server.received.connections == 1
 
 
+async def test_a_truncated_stream_fails_that_reply_and_the_socket_serves_the_next(
+    server: FakeKnowlithicServer, make_tts: MakeTTS
+) -> None:
+    server.behavior.truncate_last_payload = 5  # the last page ends short: a broken file
+    tts = make_tts(output_format="opus")
+    with pytest.raises(APIStatusError, match="truncated"):
+        await speak(tts, FIRST, conn_options=NO_RETRY)
+    server.behavior.truncate_last_payload = 0
+    spoken = await speak(tts, SECOND)
+    assert_is_the_speech_of(spoken.pcm, [SECOND])
+    assert server.received.connections == 1
+
+
 async def test_an_interrupted_opus_reply_leaves_nothing_for_the_next_turn(
     server: FakeKnowlithicServer, make_tts: MakeTTS
 ) -> None:
