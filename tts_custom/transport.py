@@ -1,12 +1,12 @@
 """What the plugin needs from a transport to a Knowlithic server, whatever carries it.
 
-A :class:`Transport` is one open link to a server (today a WebSocket,
-:mod:`.ws_transport`) that opens requests and closes.  Each request is a :class:`Channel`
-that sends it, cancels it and receives its messages, routed and ended by the protocol's
-rules, with
+A :class:`Transport` is one open link to a server (today a WebSocket, :mod:`.ws_transport`)
+that opens requests and closes.  Each request is a :class:`Channel` that sends it, cancels it
+and receives its messages, routed and ended by the protocol's rules, with
 :class:`ConnectionLost` as the last event of every open request when the link dies.  The
 synthesis (:mod:`.synthesis`) and the shared link (:mod:`.shared_connection`) use only these
-two interfaces, so a second transport is one new module.
+two interfaces, so a second transport is one new module, chosen where the TTS connects
+(``TTS._connect``).
 """
 
 from __future__ import annotations
