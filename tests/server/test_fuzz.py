@@ -51,6 +51,15 @@ VALID: dict[str, dict[str, Any]] = {
         "word_timestamps": True,
         "stream_id": "reply",
     },
+    "text_to_speech_opus": {
+        "type": "text_to_speech",
+        "request_id": "fuzz-opus",
+        "text": "Hello there.",
+        "voice": "joe",
+        "sample_rate": 22050,  # not an Opus rate: carried at 24 kHz
+        "output_format": "opus",
+        "bitrate": 24000,
+    },
     "cancel": {"type": "cancel", "request_id": "fuzz"},
     "keepalive": {"type": "keepalive"},
 }
@@ -58,11 +67,13 @@ ODD_VALUES = st.one_of(
     st.none(),
     st.booleans(),
     st.integers(min_value=-(2**70), max_value=2**70),
-    st.sampled_from([0, -1, -16000, 7999, 48001, 2**63, 10**30, 16000.0, 1e308]),
+    st.sampled_from([0, -1, -16000, 7999, 48001, 2**63, 10**30, 16000.0, 1e308, 5999, 64001]),
     st.floats(allow_nan=True, allow_infinity=True),
     st.text(max_size=40),
     st.sampled_from(["", " ", "x" * 12_000, "é" * 3000, "\ud800", "a\udfffb", "\x00", "\u202e"]),
-    st.sampled_from(["<speak>", "joe ", "ELISE", "amy", "wav ", "PCM", "mp3", "😀" * 50]),
+    st.sampled_from(
+        ["<speak>", "joe ", "ELISE", "amy", "wav ", "PCM", "mp3", "opus", "OPUS", "😀" * 50]
+    ),
     st.sampled_from(["TEXT_TO_SPEECH", "text-to-speech", "Cancel", "synthesize", "audio"]),
     st.just(HUGE_NUMBER),
     st.just(DEEP_NESTING),
