@@ -26,7 +26,6 @@ import time
 import weakref
 from collections.abc import AsyncIterable, Awaitable, Callable
 from dataclasses import dataclass, replace
-from functools import partial
 from typing import Protocol
 
 import numpy as np
@@ -340,7 +339,10 @@ class SentenceSynthesis:
             if isinstance(event, protocol.Audio):
                 if patience.since is not None:
                     patience.recovered()
-                chunk = _decoded(partial(decoder.feed, event.data, sample_rate=event.sample_rate))
+                try:
+                    chunk = decoder.feed(event.data, sample_rate=event.sample_rate)
+                except AudioFormatError as e:
+                    raise _unplayable(e) from None
                 if chunk is not None:
                     sentence.played += self._sink.write(chunk)
             elif isinstance(event, protocol.WordTimestamps):
@@ -351,7 +353,10 @@ class SentenceSynthesis:
                     raise APIConnectionError("Knowlithic TTS cancelled the request itself")
                 if decoder.pending_bytes:
                     logger.debug("%d bytes were left undecoded", decoder.pending_bytes)
-                chunk = _decoded(decoder.finish)
+                try:
+                    chunk = decoder.finish()
+                except AudioFormatError as e:
+                    raise _unplayable(e) from None
                 if chunk is not None:
                     sentence.played += self._sink.write(chunk)
                 self._sink.skip(0)
@@ -396,16 +401,13 @@ class SentenceSynthesis:
                 await asyncio.wait_for(sentence.channel.cancel(), _CANCEL_SEND_TIMEOUT)
 
 
-def _decoded(step: Callable[[], PcmChunk | None]) -> PcmChunk | None:
-    """One decoder step; audio that cannot be played fails the request, not the socket."""
-    try:
-        return step()
-    except AudioFormatError as e:
-        raise APIStatusError(
-            f"Knowlithic TTS sent audio that cannot be played: {e}",
-            status_code=502,
-            retryable=False,
-        ) from None
+def _unplayable(error: AudioFormatError) -> APIStatusError:
+    """Audio that cannot be played fails its request, not the socket."""
+    return APIStatusError(
+        f"Knowlithic TTS sent audio that cannot be played: {error}",
+        status_code=502,
+        retryable=False,
+    )
 
 
 async def _answered(sentence: _Sentence) -> None:

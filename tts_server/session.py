@@ -81,7 +81,6 @@ class Session:
         self._abort = abort
         self.state = state
         self.client = client
-
         self._requests: dict[str, _Request] = {}
         self._protocol = ServerProtocol(binary_audio=binary_audio)
         self._send_lock = asyncio.Lock()

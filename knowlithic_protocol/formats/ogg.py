@@ -44,11 +44,6 @@ def crc32(data: bytes) -> int:
     return int.from_bytes(reflected.to_bytes(4, "little").translate(_REVERSED), "big")
 
 
-def segments_for(packet: bytes) -> int:
-    """Lacing values a whole packet takes on a page."""
-    return _segments(len(packet))
-
-
 def _segments(size: int) -> int:
     return size // 255 + 1
 
@@ -171,11 +166,6 @@ class PageReader:
     def pending_packet_bytes(self) -> int:
         """Bytes of a packet whose end is on a page still to come."""
         return len(self._partial)
-
-    @property
-    def started(self) -> bool:
-        """A first page has been read."""
-        return self._serial is not None
 
     def feed(self, data: bytes) -> list[Page]:
         """The pages ``data`` completes, in order; :class:`AudioFormatError` for a bad one."""
