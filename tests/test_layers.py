@@ -30,3 +30,9 @@ def test_the_plugin_and_the_worker_never_load_the_server_or_piper(statement: str
     loaded = loaded_after(statement)
     assert "knowlithic_protocol" in loaded
     assert not loaded & {"tts_server", "piper"}
+
+
+def test_the_server_s_settings_load_pyav_only_when_opus_is_used() -> None:
+    # PyAV takes ~0.2 s to import: `python -m tts_server --help` never pays it (the plugin
+    # does anyway: LiveKit's framework imports it)
+    assert "av" not in loaded_after("import tts_server.config, knowlithic_protocol.formats")

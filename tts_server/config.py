@@ -16,8 +16,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import knowlithic_protocol as protocol
-from knowlithic_protocol import MAX_BITRATE, MIN_BITRATE
-from knowlithic_protocol.formats.opus import DEFAULT_BITRATE
+from knowlithic_protocol.limits import DEFAULT_BITRATE, MAX_BITRATE, MIN_BITRATE
 
 from .engines import ENGINE_NAMES
 

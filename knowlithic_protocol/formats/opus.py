@@ -27,7 +27,7 @@ import av.error
 import numpy as np
 import numpy.typing as npt
 
-from ..limits import MAX_BITRATE, MAX_SAMPLE_RATE, MIN_BITRATE, MIN_SAMPLE_RATE
+from ..limits import DEFAULT_BITRATE, MAX_BITRATE, MAX_SAMPLE_RATE, MIN_BITRATE, MIN_SAMPLE_RATE
 from . import ogg
 from .base import AudioFormatError, PcmChunk
 
@@ -44,9 +44,6 @@ __all__ = [
 
 OPUS_RATES: Final = (8000, 12000, 16000, 24000, 48000)
 FRAME_MS: Final = 20
-# bit/s, chosen by measurement (bench/opus_link.py): a word error rate within 0.012 of PCM
-# at 16 and 24 kHz, 29-30 kbit/s on the wire with every header (docs/benchmarks.md, 6)
-DEFAULT_BITRATE: Final = 24000
 _GRANULE_RATE: Final = 48000  # Ogg Opus counts granules at 48 kHz whatever the coded rate
 _PACKET_GRANULES: Final = _GRANULE_RATE * FRAME_MS // 1000  # every packet is one 20 ms frame
 _HEAD: Final = struct.Struct("<8sBBHIhB")  # RFC 7845 §5.1, mapping family 0
