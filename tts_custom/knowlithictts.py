@@ -133,17 +133,14 @@ class TTS(tts.TTS[None]):
             sample_rate=sample_rate,
             num_channels=1,
         )
-        url, url_key = take_key_from_url(websocket_url(base_url or _first_env(BASE_URL_ENV_VARS)))
-        key = api_key or os.environ.get(API_KEY_ENV_VAR) or url_key
-        if url_key is not None and key != url_key:
-            raise ValueError("base_url carries an API key that differs from api_key: give one")
+        url, key = endpoint(base_url, api_key)
         self._opts = _TTSOptions(
             url=url,
             voice=voice,
             sample_rate=sample_rate,
             output_format=output_format,
             word_timestamps=word_timestamps,
-            api_key=header_safe_key(key),
+            api_key=key,
         )
         self._session = http_session
         self._owns_session = http_session is None
@@ -346,6 +343,17 @@ class SynthesizeStream(_StreamState, tts.SynthesizeStream):
             await utils.aio.cancel_and_wait(input_task)
             await sentence_stream.aclose()
         output_emitter.end_segment()
+
+
+def endpoint(base_url: str | None, api_key: str | None = None) -> tuple[str, str | None]:
+    """The WebSocket URL to open and the key to send in its header, from ``base_url`` (else
+    the environment's) and ``api_key`` (else ``KNOWLITHIC_API_KEY``, else a key in the URL's
+    query, which is taken out of the URL)."""
+    url, url_key = take_key_from_url(websocket_url(base_url or _first_env(BASE_URL_ENV_VARS)))
+    key = api_key or os.environ.get(API_KEY_ENV_VAR) or url_key
+    if url_key is not None and key != url_key:
+        raise ValueError("base_url carries an API key that differs from api_key: give one")
+    return url, header_safe_key(key)
 
 
 def websocket_url(base_url: str | None) -> str:

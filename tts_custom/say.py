@@ -30,14 +30,11 @@ from knowlithic_protocol import formats
 
 from .errors import server_error
 from .knowlithictts import (
-    API_KEY_ENV_VAR,
     BASE_URL_ENV_VARS,
     DEFAULT_SAMPLE_RATE,
     DEFAULT_VOICE,
     TTS,
-    header_safe_key,
-    take_key_from_url,
-    websocket_url,
+    endpoint,
 )
 from .transport import ConnectionLost
 from .ws_transport import connect
@@ -87,8 +84,7 @@ async def receive_stream(
 ) -> Received:
     """Ask for ``text`` in one request and keep its audio payloads as they arrived (each
     checked by decoding it, so a corrupt stream is an error, not a broken file)."""
-    ws_url, url_key = take_key_from_url(websocket_url(url))
-    api_key = header_safe_key(os.environ.get(API_KEY_ENV_VAR) or url_key)
+    ws_url, api_key = endpoint(url)
     started = time.perf_counter()
     async with aiohttp.ClientSession() as http:
         conn = await connect(http, ws_url, api_key=api_key, timeout=timeout, heartbeat=None)
