@@ -18,7 +18,7 @@ from typing import Final, TypeVar
 from urllib.parse import urlsplit
 
 from knowlithic_protocol import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, OUTPUT_FORMATS, OutputFormat
-from tts_custom.knowlithictts import URL_SCHEMES, header_safe_key
+from tts_custom.knowlithictts import URL_SCHEMES, header_safe_key, split_urls
 
 __all__ = [
     "DEFAULT_GROQ_MODEL",
@@ -88,6 +88,7 @@ class Settings:
     groq_model: str
 
     tts_server_url: str
+    """One server URL, or several separated by commas in order of preference."""
     tts_api_key: str | None = field(repr=False)
     tts_voice: str
     tts_sample_rate: int
@@ -150,7 +151,7 @@ def load_settings(
         deepgram_filler_words=env.parse("DEEPGRAM_FILLER_WORDS", False, _boolean),
         groq_api_key=env.secret("GROQ_API_KEY", "your Groq API key") or "",
         groq_model=env.parse("GROQ_MODEL", DEFAULT_GROQ_MODEL, _groq_model),
-        tts_server_url=env.url(tts_var, "the TTS server URL") or DEFAULT_TTS_SERVER,
+        tts_server_url=env.urls(tts_var, "the TTS server URL") or DEFAULT_TTS_SERVER,
         # optional: the local server needs none
         tts_api_key=env.parse("KNOWLITHIC_API_KEY", None, _header_value),
         tts_voice=env.text("KNOWLITHIC_VOICE", "elise"),
@@ -232,6 +233,25 @@ class _Reader:
         error = _url_error(value)
         if error:
             self.problems.append(f"{name}: {error}; expected {what} ({_schemes()})")
+        return value
+
+    def urls(self, name: str, what: str) -> str | None:
+        """A URL, or several separated by commas (each checked as :meth:`url` does)."""
+        value = self.get(name)
+        if value is None:
+            return None
+        try:
+            parts = split_urls(value)
+        except ValueError as e:
+            self.problems.append(f"{name}: {e}")
+            return value
+        for number, part in enumerate(parts, 1):
+            error = _url_error(part)
+            if error:
+                where = f" (entry {number} of {len(parts)})" if len(parts) > 1 else ""
+                self.problems.append(f"{name}: {error}{where}; expected {what} ({_schemes()})")
+        if len(set(parts)) < len(parts):
+            self.problems.append(f"{name}: names a server twice")
         return value
 
     def parse(self, name: str, default: T, parser: Callable[[str], T]) -> T:

@@ -107,7 +107,7 @@ async def prewarmed(tts: TTS, timeout: float = 10.0) -> None:
     """Prewarm ``tts`` as the framework does, and wait until its socket is open."""
     tts.prewarm()
     async with asyncio.timeout(timeout):
-        while tts._shared.current is None:  # noqa: ASYNC110 - the socket opens in a task
+        while tts._pool.current is None:  # noqa: ASYNC110 - the socket opens in a task
             await asyncio.sleep(0.005)
 
 

@@ -7,12 +7,35 @@ import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+import numpy.typing as npt
 from livekit.agents import APIConnectOptions
 from livekit.agents import tts as lk_tts
 from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, USERDATA_TIMED_TRANSCRIPT, TimedString
 
 from tests.fake_knowlithic import speech_for
 from tts_custom.knowlithictts import TTS
+
+BYTES_PER_SECOND = 2 * 16000
+LONG_REPLY = (
+    "The first sentence of a long reply is spoken here for a while. "
+    "The second sentence follows it and goes on for a few seconds too. "
+    "A third sentence keeps the listener busy with more words to hear. "
+    "The fourth sentence is still part of the very same reply. "
+    "Then a fifth sentence comes along before the end. "
+    "And the sixth sentence closes the reply at last."
+)
+SHORT = "Yes, I can hear you again."
+# what the worker uses (agent.tts_connect_options with the default KNOWLITHIC_TIMEOUT)
+WORKER = APIConnectOptions(max_retry=3, retry_interval=0.5, timeout=5.0)
+
+
+def loudness(pcm: bytes, frame: int = 320) -> npt.NDArray[np.float64]:
+    """RMS of each 20 ms at 16 kHz: where the speech is, whatever coded it."""
+    samples = np.frombuffer(pcm, dtype="<i2").astype(np.float64)
+    frames = samples[: len(samples) // frame * frame].reshape(-1, frame)
+    rms: npt.NDArray[np.float64] = np.sqrt((frames * frames).mean(axis=1))
+    return rms
 
 
 @dataclass

@@ -258,7 +258,7 @@ async def test_a_peer_that_upgrades_and_then_says_nothing_leaks_no_socket(
     await peer.start()
     try:
         tts = make_tts(base_url=peer.url, connect_timeout=0.3)
-        tts._shared._backoff = Backoff(base=0.05, cap=0.1)
+        tts._pool.connection()._backoff = Backoff(base=0.05, cap=0.1)
         tts.prewarm()
         await asyncio.sleep(1.5)  # attempt after attempt times out waiting for them
         assert peer.connections >= 3

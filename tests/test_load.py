@@ -37,7 +37,7 @@ async def test_100_concurrent_streams_arrive_complete_and_unmixed(
     assert server.received.connections == 1
     assert len(server.received.requests) == 2 * STREAMS
 
-    conn = tts._shared.current
+    conn = tts._pool.current
     assert conn is not None and conn.in_flight == 0  # no request state left on the socket
 
     await tts.aclose()

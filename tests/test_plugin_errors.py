@@ -287,7 +287,7 @@ def test_missing_server_url_names_both_variables(monkeypatch: pytest.MonkeyPatch
 def test_server_url_falls_back_to_tts_server_url(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("KNOWLITHIC_TTS_SERVER", raising=False)
     monkeypatch.setenv("TTS_SERVER_URL", "https://tts.example.com:8443/v1/tts")
-    assert TTS()._opts.url == "wss://tts.example.com:8443/v1/tts"
+    assert TTS()._opts.urls == ("wss://tts.example.com:8443/v1/tts",)
 
 
 @pytest.mark.parametrize(
@@ -300,7 +300,28 @@ def test_server_url_falls_back_to_tts_server_url(monkeypatch: pytest.MonkeyPatch
     ],
 )
 def test_url_schemes(given: str, used: str) -> None:
-    assert TTS(base_url=given)._opts.url == used
+    assert TTS(base_url=given)._opts.urls == (used,)
+
+
+def test_a_comma_separated_list_names_servers_in_order_of_preference() -> None:
+    tts = TTS(base_url=" ws://a:8000 , http://b:8000/tts,wss://c?api_key=k1")
+    assert tts._opts.urls == ("ws://a:8000", "ws://b:8000/tts", "wss://c")
+    assert tts._opts.api_key == "k1"  # a key in one URL is the key for all
+
+
+@pytest.mark.parametrize(
+    ("bad", "why"),
+    [
+        ("ws://a:8000,,ws://b:8000", "empty entry"),
+        ("ws://a:8000,", "empty entry"),
+        ("ws://a:8000,ftp://b", "ws://host:port"),
+        ("ws://a:8000,ws://a:8000", "twice"),
+        ("ws://a?api_key=k1,ws://b?api_key=k2", "different API keys"),
+    ],
+)
+def test_bad_server_lists_are_refused(bad: str, why: str) -> None:
+    with pytest.raises(ValueError, match=why):
+        TTS(base_url=bad)
 
 
 @pytest.mark.parametrize("bad", ["ftp://host", "localhost:8000", "ws://", "not a url"])

@@ -58,16 +58,16 @@ async def test_background_reconnect_keeps_trying_at_a_bounded_pace_while_the_ser
     server: FakeKnowlithicServer, make_tts: MakeTTS
 ) -> None:
     tts = make_tts()
-    tts._shared._backoff = Backoff(base=0.05, cap=0.2)
+    tts._pool.connection()._backoff = Backoff(base=0.05, cap=0.2)
     await speak(tts, TEXT)
     await server.stop()
     await asyncio.sleep(1.0)
     # paced: 0.025-0.05, 0.05-0.1, then 0.1-0.2 s apart; never a storm, never given up
-    assert 5 <= tts._shared._backoff.failures <= 14
-    assert tts._shared.current is None
+    assert 5 <= tts._pool.connection()._backoff.failures <= 14
+    assert tts._pool.current is None
     await server.start()
     # reopened in the background within one pause, so the next turn finds it warm
-    await eventually(lambda: tts._shared.current is not None, timeout=1.0)
+    await eventually(lambda: tts._pool.current is not None, timeout=1.0)
     requests_before = len(server.received.requests)
     assert (await speak(tts, TEXT)).digest == expected_digest([TEXT])
     assert server.received.connections == 2
@@ -78,7 +78,7 @@ async def test_a_server_down_for_a_while_fails_new_turns_after_one_attempt(
     server: FakeKnowlithicServer, make_tts: MakeTTS
 ) -> None:
     tts = make_tts(unhealthy_after=0.3)
-    tts._shared._backoff = Backoff(base=0.05, cap=0.1)
+    tts._pool.connection()._backoff = Backoff(base=0.05, cap=0.1)
     await speak(tts, TEXT)
     await server.stop()
     await eventually(lambda: not tts.healthy)
@@ -109,7 +109,7 @@ async def test_a_server_that_accepts_and_closes_at_once_is_not_hammered(
     assert time.perf_counter() - started < RETRY.timeout + 0.5
     assert not info.value.retryable
     assert 3 <= server.received.connections <= 7
-    assert tts._shared._backoff.failures == server.received.connections
+    assert tts._pool.connection()._backoff.failures == server.received.connections
 
 
 async def test_an_old_socket_is_replaced_before_its_maximum_age(
@@ -220,7 +220,7 @@ async def test_an_interruption_while_waiting_for_the_server_ends_the_wait_at_onc
     started = time.perf_counter()
     await stream.aclose()  # the caller talks over the silence
     assert time.perf_counter() - started < 0.5
-    assert tts._shared._waiting == 0
+    assert tts._pool.connection()._waiting == 0
     await server.start()
     server.behavior.chunk_delay = 0.0
     # nothing of the interrupted reply reaches the next turn

@@ -16,31 +16,26 @@ import time
 from collections.abc import AsyncIterator
 
 import numpy as np
-import numpy.typing as npt
 import pytest
 from livekit.agents import APIConnectionError, APIConnectOptions, APIError, APITimeoutError
 from livekit.agents.tts import TTSError
 
 from knowlithic_protocol import OutputFormat
-from tests.plugin_helpers import Spoken, eventually, speak
+from tests.plugin_helpers import (
+    BYTES_PER_SECOND,
+    LONG_REPLY,
+    SHORT,
+    WORKER,
+    Spoken,
+    eventually,
+    loudness,
+    speak,
+)
 from tests.server.asr import normalize, transcribe, word_errors
 from tests.server_process import DETERMINISTIC, ServerProcess
 from tts_custom.backoff import STABLE_AFTER
 from tts_custom.knowlithictts import TTS
 from tts_custom.shared_connection import WAITING_CAP
-
-BYTES_PER_SECOND = 2 * 16000
-LONG_REPLY = (
-    "The first sentence of a long reply is spoken here for a while. "
-    "The second sentence follows it and goes on for a few seconds too. "
-    "A third sentence keeps the listener busy with more words to hear. "
-    "The fourth sentence is still part of the very same reply. "
-    "Then a fifth sentence comes along before the end. "
-    "And the sixth sentence closes the reply at last."
-)
-SHORT = "Yes, I can hear you again."
-# what the worker uses (agent.tts_connect_options with the default KNOWLITHIC_TIMEOUT)
-WORKER = APIConnectOptions(max_retry=3, retry_interval=0.5, timeout=5.0)
 
 
 @pytest.fixture
@@ -108,14 +103,6 @@ async def _restart_mid_reply(kill_after: float, tts_server: ServerProcess, tts: 
         heard = normalize(transcribe(spoken.pcm))
         undisturbed = normalize(transcribe(reference.pcm))
         assert word_errors(undisturbed, heard) <= 2, (" ".join(undisturbed), " ".join(heard))
-
-
-def loudness(pcm: bytes, frame: int = 320) -> npt.NDArray[np.float64]:
-    """RMS of each 20 ms at 16 kHz: where the speech is, whatever coded it."""
-    samples = np.frombuffer(pcm, dtype="<i2").astype(np.float64)
-    frames = samples[: len(samples) // frame * frame].reshape(-1, frame)
-    rms: npt.NDArray[np.float64] = np.sqrt((frames * frames).mean(axis=1))
-    return rms
 
 
 async def _first_audio_at(plugin: TTS, text: str, options: APIConnectOptions) -> float:
@@ -302,7 +289,7 @@ async def test_a_socket_up_for_a_while_proves_the_server_even_unused(
     try:
         await speak(plugin, SHORT)
         await tts_server.restart()
-        await eventually(lambda: plugin._shared.current is not None, timeout=3.0)
+        await eventually(lambda: plugin._pool.current is not None, timeout=3.0)
         await asyncio.sleep(STABLE_AFTER + 0.5)  # reopened in the background, never used
         assert plugin.healthy
         await tts_server.kill()

@@ -230,6 +230,25 @@ def test_tts_server_url_is_the_fallback() -> None:
     assert load(TTS_SERVER_URL="wss://tts.example.com").tts_server_url == "wss://tts.example.com"
 
 
+def test_several_tts_servers_are_a_comma_separated_list() -> None:
+    listed = "ws://tts-a:8000, wss://tts-b.example"
+    s = load(KNOWLITHIC_TTS_SERVER=listed)
+    assert s.tts_server_url == listed
+    assert TTS(base_url=s.tts_server_url)._opts.urls == ("ws://tts-a:8000", "wss://tts-b.example")
+
+
+@pytest.mark.parametrize(
+    ("listed", "why"),
+    [
+        ("ws://a:8000,,ws://b:8000", "empty entry"),
+        ("ws://a:8000,ftp://b", "unsupported scheme 'ftp' (entry 2 of 2)"),
+        ("ws://a:8000,ws://a:8000", "names a server twice"),
+    ],
+)
+def test_bad_tts_server_lists_are_refused(listed: str, why: str) -> None:
+    assert why in problem_for("KNOWLITHIC_TTS_SERVER", KNOWLITHIC_TTS_SERVER=listed)
+
+
 def test_knowlithic_tts_server_wins_over_the_fallback() -> None:
     s = load(KNOWLITHIC_TTS_SERVER="ws://primary:8000", TTS_SERVER_URL="ws://fallback:8000")
     assert s.tts_server_url == "ws://primary:8000"

@@ -13,6 +13,7 @@ tagged with its own request id.  See ``docs/protocol.md`` for the messages.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import weakref
 from collections.abc import AsyncIterator, Iterable
@@ -29,6 +30,7 @@ import knowlithic_protocol as protocol
 
 from .backoff import Outage, Patience
 from .log import logger
+from .server_pool import ServerPool
 from .shared_connection import Acquired, SharedConnection
 from .synthesis import SentenceSynthesis
 from .transport import Transport
@@ -50,7 +52,7 @@ _KEY_PARAMETERS: Final = frozenset(
 
 @dataclass
 class _TTSOptions:
-    url: str
+    urls: tuple[str, ...]  # the servers, in order of preference
     voice: str
     sample_rate: int
     output_format: protocol.OutputFormat
@@ -92,7 +94,11 @@ class TTS(tts.TTS[None]):
 
         Args:
             base_url (str, optional): ``ws://``, ``wss://``, ``http://`` or ``https://`` URL of
-                the service. Defaults to ``KNOWLITHIC_TTS_SERVER``, then ``TTS_SERVER_URL``.
+                the service, or several separated by commas, in order of preference: the
+                first fit one speaks, a reply moves to the next when its server refuses
+                connections, is full or dies, and the preferred one is used again once it
+                has proved itself. Defaults to ``KNOWLITHIC_TTS_SERVER``, then
+                ``TTS_SERVER_URL``.
             voice (str): Voice name. Defaults to ``"elise"``.
             sample_rate (int): Output rate in Hz, 8000 to 48000. Defaults to 16000.
             use_streaming (bool): Declare streaming synthesis (text is sent sentence by
@@ -133,9 +139,9 @@ class TTS(tts.TTS[None]):
             sample_rate=sample_rate,
             num_channels=1,
         )
-        url, key = endpoint(base_url, api_key)
+        urls, key = endpoints(base_url, api_key)
         self._opts = _TTSOptions(
-            url=url,
+            urls=urls,
             voice=voice,
             sample_rate=sample_rate,
             output_format=output_format,
@@ -149,11 +155,15 @@ class TTS(tts.TTS[None]):
         )
         self._heartbeat = heartbeat
         self._sentences_ahead = sentences_ahead
-        self._shared = SharedConnection(
-            connect=self._connect,
-            connect_timeout=connect_timeout,
-            max_age=max_connection_age,
-            outage=Outage(unhealthy_after=unhealthy_after),
+        self._pool = ServerPool(
+            urls,
+            lambda index, on_failure: SharedConnection(
+                connect=functools.partial(self._connect, urls[index]),
+                connect_timeout=connect_timeout,
+                max_age=max_connection_age,
+                outage=Outage(unhealthy_after=unhealthy_after),
+                on_failure=on_failure,
+            ),
         )
         self._streams: weakref.WeakSet[SynthesizeStream] = weakref.WeakSet()
 
@@ -171,8 +181,9 @@ class TTS(tts.TTS[None]):
 
     @property
     def healthy(self) -> bool:
-        """False once connecting has failed for ``unhealthy_after`` seconds without a break."""
-        return self._shared.healthy
+        """False once connecting to every server has failed for ``unhealthy_after`` seconds
+        without a break."""
+        return self._pool.healthy
 
     def update_options(
         self,
@@ -201,7 +212,7 @@ class TTS(tts.TTS[None]):
             # the worker's setup function runs before the job's event loop exists
             logger.warning("Knowlithic TTS prewarm() needs a running event loop; skipped")
             return
-        self._shared.prewarm()
+        self._pool.prewarm()
 
     def synthesize(
         self, text: str, *, conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS
@@ -219,17 +230,17 @@ class TTS(tts.TTS[None]):
         for stream in list(self._streams):
             await stream.aclose()
         self._streams.clear()
-        await self._shared.aclose()
+        await self._pool.aclose()
         if self._owns_session and self._session is not None:
             await self._session.close()
             self._session = None
 
-    async def _connect(self, timeout: float) -> Transport:
+    async def _connect(self, url: str, timeout: float) -> Transport:
         if self._session is None:
             self._session = aiohttp.ClientSession()
         conn = await connect(
             self._session,
-            self._opts.url,
+            url,
             api_key=self._opts.api_key,
             timeout=timeout,
             heartbeat=self._heartbeat,
@@ -261,7 +272,7 @@ class TTS(tts.TTS[None]):
         if streaming:
             emitter.start_segment(segment_id=request_id)
         return SentenceSynthesis(
-            connections=self._shared,
+            connections=self._pool,
             patience=stream._patience,
             template=stream._opts.template(request_id),
             emitter=emitter,
@@ -345,15 +356,39 @@ class SynthesizeStream(_StreamState, tts.SynthesizeStream):
         output_emitter.end_segment()
 
 
-def endpoint(base_url: str | None, api_key: str | None = None) -> tuple[str, str | None]:
-    """The WebSocket URL to open and the key to send in its header, from ``base_url`` (else
-    the environment's) and ``api_key`` (else ``KNOWLITHIC_API_KEY``, else a key in the URL's
-    query, which is taken out of the URL)."""
-    url, url_key = take_key_from_url(websocket_url(base_url or _first_env(BASE_URL_ENV_VARS)))
+def endpoints(
+    base_url: str | None, api_key: str | None = None
+) -> tuple[tuple[str, ...], str | None]:
+    """The WebSocket URLs to open, in order, and the key to send in their header, from
+    ``base_url`` (else the environment's; several URLs separated by commas) and ``api_key``
+    (else ``KNOWLITHIC_API_KEY``, else a key in the URLs' query, taken out of them)."""
+    given = base_url or _first_env(BASE_URL_ENV_VARS)
+    parts = split_urls(given) if given else [None]
+    urls, url_keys = zip(*(take_key_from_url(websocket_url(part)) for part in parts), strict=True)
+    found = {k for k in url_keys if k is not None}
+    if len(found) > 1:
+        raise ValueError("the Knowlithic TTS URLs carry different API keys: give one api_key")
+    url_key = next(iter(found), None)
     key = api_key or os.environ.get(API_KEY_ENV_VAR) or url_key
     if url_key is not None and key != url_key:
         raise ValueError("base_url carries an API key that differs from api_key: give one")
-    return url, header_safe_key(key)
+    if len(set(urls)) < len(urls):
+        raise ValueError("the Knowlithic TTS server list names a server twice")
+    return tuple(urls), header_safe_key(key)
+
+
+def endpoint(base_url: str | None, api_key: str | None = None) -> tuple[str, str | None]:
+    """The first server's WebSocket URL and the key, as :func:`endpoints` finds them."""
+    urls, key = endpoints(base_url, api_key)
+    return urls[0], key
+
+
+def split_urls(value: str) -> list[str]:
+    """The URLs of a comma-separated list (blanks around commas ignored)."""
+    urls = [part.strip() for part in value.split(",")]
+    if not all(urls):
+        raise ValueError("the Knowlithic TTS server list has an empty entry (two commas?)")
+    return urls
 
 
 def websocket_url(base_url: str | None) -> str:

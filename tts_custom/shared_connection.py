@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from livekit.agents import APIError, APITimeoutError
@@ -47,8 +47,11 @@ class SharedConnection:
         max_age: float,
         backoff: Backoff | None = None,
         outage: Outage | None = None,
+        on_failure: Callable[[], None] | None = None,
     ) -> None:
         self._connect = connect
+        # told of every failed attempt and every drop the client did not ask for
+        self._on_failure = on_failure
         self._connect_timeout = connect_timeout
         self._max_age = max_age
         self._backoff = backoff or Backoff()
@@ -77,12 +80,13 @@ class SharedConnection:
         conn = self._conn
         return conn if conn is not None and not conn.closed else None
 
-    async def acquire(self, timeout: float) -> Acquired:
+    async def acquire(self, timeout: float, *, once: bool = False) -> Acquired:
         """The open connection, or the next one the dialer opens within ``timeout`` seconds.
 
         Raises the framework's API errors: the last attempt's error when time runs out (or
-        at once if it was not retryable, or once the server is unhealthy), with how long
-        this call waited.
+        at once if it was not retryable, or once the server is unhealthy, or with ``once``
+        after the first attempt that fails: another server may be tried instead), with how
+        long this call waited.
         """
         started = time.perf_counter()
         conn = self._usable()
@@ -91,7 +95,7 @@ class SharedConnection:
         self._waiting += 1
         try:
             async with asyncio.timeout(timeout):
-                conn = await self._wait_for_connection()
+                conn = await self._wait_for_connection(once)
         except TimeoutError:
             raise self._gave_up(time.perf_counter() - started) from None
         finally:
@@ -126,7 +130,7 @@ class SharedConnection:
 
     # -- waiting -------------------------------------------------------------------------------
 
-    async def _wait_for_connection(self) -> Transport:
+    async def _wait_for_connection(self, once: bool) -> Transport:
         # every pass waits for an attempt that ends after this call began, so an unhealthy
         # server still gets one fresh attempt per wait: a server back up is used at once
         while True:
@@ -141,7 +145,7 @@ class SharedConnection:
             error = self._last_error
             if error is None:
                 continue
-            if not error.retryable:
+            if once or not error.retryable:
                 raise error
             now = time.monotonic()
             if not self._outage.healthy(now):
@@ -219,6 +223,8 @@ class SharedConnection:
         self._last_attempt_end = now
         self._backoff.failed()
         self._pause = (self._backoff.next_delay(), self._backoff.next_delay(cap=WAITING_CAP))
+        if self._on_failure is not None:
+            self._on_failure()
         if self._outage.failed(now):
             logger.warning(
                 "Knowlithic TTS has been unreachable for %.0f s (%d failed attempts): %s",
@@ -279,9 +285,12 @@ class SharedConnection:
         if conn is not self._conn:
             return
         self._conn = None
-        if not conn.closed_by_client and not _proved(conn):
-            # accepted, then dropped at once: as bad as a refusal (a crash loop, a bad key)
-            self._record_failure(conn.lost_error())
+        if not conn.closed_by_client:
+            if not _proved(conn):
+                # accepted, then dropped at once: as bad as a refusal (a crash loop, a bad key)
+                self._record_failure(conn.lost_error())
+            elif self._on_failure is not None:
+                self._on_failure()
         self._dial_soon()  # so the next turn finds a warm socket
 
     async def _refresh(self, old: Transport) -> None:

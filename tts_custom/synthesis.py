@@ -52,11 +52,20 @@ _RETRY_DELAY = 0.1  # doubled on every further retry of the same sentence
 
 
 class Connections(Protocol):
-    """Where connections come from (the TTS's :class:`SharedConnection`)."""
+    """Where connections come from (the TTS's :class:`ServerPool`)."""
+
+    @property
+    def alternatives(self) -> bool:
+        """Whether another server may take a reply its server cannot finish."""
+        ...
 
     def acquire(self, timeout: float) -> Awaitable[Acquired]: ...
 
     def invalidate(self, conn: Transport | None = None) -> None: ...
+
+    def busy(self, conn: Transport) -> None:
+        """``conn``'s server refused a reply as full."""
+        ...
 
 
 @dataclass
@@ -145,8 +154,9 @@ class SentenceSynthesis:
     ) -> None:
         self._connections = connections
         self._conn: Transport | None = None
-        # the server said it is shutting down: new requests go to a new connection
-        self._draining: APIError | None = None
+        # the server said it is shutting down (or, with other servers to go to, that it is
+        # full): new requests go to a new connection
+        self._leaving: APIError | None = None
         self._patience = patience
         self._template = template
         # what the caller asked for; a server without it gets the fallback (see _format_for)
@@ -216,13 +226,15 @@ class SentenceSynthesis:
         self._use(acquired.connection)
 
     async def _reconnect(self) -> None:
-        """A new connection, after the server dropped the last one or said it shuts down."""
+        """A new connection, after the server dropped the last one, said it shuts down, or
+        (with other servers to go to) said it is full."""
         old = self._conn
         assert old is not None
-        fault = old.lost_error() if old.closed else self._draining
+        fault = old.lost_error() if old.closed else self._leaving
         began = old.fault_began if old.closed else time.monotonic()
         self._patience.fault(began)
-        self._connections.invalidate(old)
+        if old.closed:
+            self._connections.invalidate(old)
         try:
             acquired = await self._connections.acquire(self._patience.left(time.monotonic()))
         except APIError as e:
@@ -239,7 +251,7 @@ class SentenceSynthesis:
             if not caps.word_timestamps and self._template.word_timestamps:
                 self._template = replace(self._template, word_timestamps=False)
         self._conn = conn
-        self._draining = None
+        self._leaving = None
 
     async def _send_all(self, sentences: AsyncIterable[str]) -> None:
         count = 0
@@ -270,7 +282,7 @@ class SentenceSynthesis:
         sentence.attempts += 1
         while True:
             assert self._conn is not None
-            if self._conn.closed or self._draining:
+            if self._conn.closed or self._leaving:
                 await self._reconnect()
             conn = self._conn
             assert conn is not None
@@ -301,9 +313,10 @@ class SentenceSynthesis:
                 return
             except APIError as e:
                 # before the stream's first audio the framework retries the whole stream
-                # (with its error events and pacing); after it, only we can
+                # (with its error events and pacing); after it, only we can.  With other
+                # servers to go to, we move the reply at once instead: no pause, no error.
                 if (
-                    not self._sink.samples
+                    (not self._sink.samples and not self._connections.alternatives)
                     or not e.retryable
                     or self._patience.spent(time.monotonic())
                     or sentence.attempts >= _MAX_ATTEMPTS
@@ -317,10 +330,14 @@ class SentenceSynthesis:
             delay = _RETRY_DELAY * 2 ** (sentence.attempts - 1)
             await asyncio.sleep(min(delay, self._patience.left(time.monotonic())))
             await self._request(sentence)
-            # sentences sent ahead on a socket that died are asked for again now, not on
-            # their turn, so the server renders them while this one plays
+            # sentences sent ahead on a socket that died, or to a server the reply left, are
+            # asked for again now, not on their turn, so the server renders them while this
+            # one plays (none of their audio has played: they were not begun)
             for later in self._open:
-                if later is not sentence and later.channel is not None and later.channel.lost:
+                if later is sentence or later.channel is None:
+                    continue
+                if later.channel.lost or later.channel.transport is not self._conn:
+                    await self._abandon(later.channel)
                     await self._request(later)
 
     async def _play_attempt(self, sentence: _Sentence) -> None:
@@ -369,13 +386,27 @@ class SentenceSynthesis:
                     # is back).  Retire only the socket that carried the error: a sentence
                     # sent ahead on the old one may report it after the reply moved on.
                     self._connections.invalidate(channel.transport)
-                    if channel.transport is self._conn:
-                        self._draining = error
+                    self._leave(channel.transport, error)
+                elif event.code == protocol.ERR_BUSY and self._connections.alternatives:
+                    # full: the reply goes to another server (this one keeps its socket)
+                    self._connections.busy(channel.transport)
+                    self._leave(channel.transport, error)
                 raise error
             elif isinstance(event, ConnectionLost):
                 # the server may have stopped answering long before its socket died
                 patience.fault(min(began, channel.transport.fault_began))
                 raise connection_lost_error(event.close_code, event.reason)
+
+    def _leave(self, transport: Transport, error: APIError) -> None:
+        """Send the next requests elsewhere, if ``transport`` is still the one in use."""
+        if transport is self._conn:
+            self._leaving = error
+
+    async def _abandon(self, channel: Channel) -> None:
+        """Cancel a request whose audio will come from another one (it frees the server)."""
+        if not channel.lost:
+            with contextlib.suppress(TimeoutError, APIError):
+                await asyncio.wait_for(channel.cancel(), _CANCEL_SEND_TIMEOUT)
 
     def _push_words(self, sentence: _Sentence, event: protocol.WordTimestamps) -> None:
         if sentence.words_sent:

@@ -93,7 +93,7 @@ async def test_one_socket_and_metrics_across_turns(
     metrics: list[TTSMetrics] = []
     plugin.on("metrics_collected", metrics.append)
     plugin.prewarm()
-    await eventually(lambda: plugin._shared.current is not None, timeout=5)
+    await eventually(lambda: plugin._pool.current is not None, timeout=5)
     for _ in range(3):
         await speak(plugin, "Thank you. Goodbye.")
     await eventually(lambda: len(metrics) == 3)
@@ -178,12 +178,12 @@ async def test_malformed_messages_do_not_disturb_the_plugins_socket(
 ) -> None:
     plugin = make_plugin()
     await speak(plugin, "First.")
-    conn = plugin._shared.current
+    conn = plugin._pool.current
     assert isinstance(conn, WebSocketTransport)
     await conn._ws.send_str("{not json")  # garbage on the plugin's own socket
     with caplog.at_level(logging.WARNING, logger="tts_custom.knowlithic"):
         spoken = await speak(plugin, SENTENCES[2])
     assert word_error_rate([SENTENCES[2]], [transcribe(spoken.pcm)]) < ONE_SENTENCE_WER
-    assert plugin._shared.current is conn
+    assert plugin._pool.current is conn
     # the server's error for the garbage names no request: logged, not mistaken for audio
     assert "bad_request" in caplog.text

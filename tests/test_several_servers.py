@@ -1,0 +1,203 @@
+"""Several real TTS servers behind one plugin: one dies, refuses, fills up, comes back.
+
+Each server is ``python -m tts_server`` in a process of its own (deterministic synthesis, so
+a reply finished by another server can be compared with an undisturbed one), killed with
+SIGKILL and started again on its port as a restarted container is.  What the caller must
+feel: a reply goes on from the next server with no sentence lost or repeated and no error;
+a refused or full server costs no turn its timeout; the preferred server is used again once
+it has stayed up for a while, and not while it flickers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import numpy as np
+import pytest
+from livekit.agents import APIConnectionError
+
+from tests.loopback import free_port
+from tests.plugin_helpers import (
+    BYTES_PER_SECOND,
+    LONG_REPLY,
+    SHORT,
+    WORKER,
+    Spoken,
+    loudness,
+    speak,
+)
+from tests.server.asr import normalize, transcribe, word_errors
+from tests.server_process import DETERMINISTIC, ServerProcess
+from tests.test_server_restarts import collect_errors
+from tts_custom.knowlithictts import TTS
+from tts_custom.server_pool import RETURN_AFTER
+
+
+def _server(*args: str) -> ServerProcess:
+    return ServerProcess(*DETERMINISTIC, "--log-level", "INFO", *args)
+
+
+@pytest.fixture
+async def first() -> AsyncIterator[ServerProcess]:
+    server = _server()
+    await server.start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+async def second() -> AsyncIterator[ServerProcess]:
+    server = _server()
+    await server.start()
+    yield server
+    await server.stop()
+
+
+async def converse(tts: TTS) -> None:
+    """One short reply, heard at real-time pace (a server counts a reply's place until its
+    audio has played, so replies read faster than that would fill it)."""
+    spoken = await speak(tts, SHORT, conn_options=WORKER)
+    assert spoken.pcm
+    await asyncio.sleep(len(spoken.pcm) / BYTES_PER_SECOND)
+
+
+def speaking_through(tts: TTS) -> str | None:
+    conn = tts._pool.current
+    return tts._pool.server_of(conn) if conn is not None else None
+
+
+async def test_a_death_mid_reply_moves_the_reply_to_the_next_server_with_nothing_lost(
+    first: ServerProcess, second: ServerProcess
+) -> None:
+    tts = TTS(base_url=f"{first.url},{second.url}")
+    try:
+        reference = await speak(tts, LONG_REPLY)
+        assert speaking_through(tts) == first.url
+        errors = collect_errors(tts)
+        spoken = Spoken()
+        heard_before_kill = 0
+        killed: asyncio.Task[None] | None = None
+        async with tts.stream(conn_options=WORKER) as stream:
+            stream.push_text(LONG_REPLY)
+            stream.end_input()
+            async for event in stream:
+                spoken.add(event)
+                if killed is None and len(spoken.pcm) >= 1.5 * BYTES_PER_SECOND:
+                    heard_before_kill = len(spoken.pcm)
+                    killed = asyncio.create_task(first.kill())  # and it stays dead
+        assert killed is not None
+        await killed
+        assert not errors
+        assert speaking_through(tts) == second.url
+        # nothing lost, nothing twice: the undisturbed reply's length and speech, the same
+        # samples up to the kill (the rest is the second server's rendition, resumed)
+        assert abs(len(spoken.pcm) - len(reference.pcm)) <= 0.05 * BYTES_PER_SECOND
+        assert spoken.pcm[:heard_before_kill] == reference.pcm[:heard_before_kill]
+        assert np.corrcoef(loudness(spoken.pcm), loudness(reference.pcm))[0, 1] > 0.95
+        heard = normalize(transcribe(spoken.pcm))
+        undisturbed = normalize(transcribe(reference.pcm))
+        assert word_errors(undisturbed, heard) <= 2, (" ".join(undisturbed), " ".join(heard))
+        # the next turns go straight to the second server
+        assert (await speak(tts, SHORT, conn_options=WORKER)).pcm
+        assert not errors
+    finally:
+        await tts.aclose()
+
+
+async def test_a_server_that_refuses_connections_costs_no_turn_its_timeout(
+    second: ServerProcess,
+) -> None:
+    nobody = f"ws://127.0.0.1:{free_port()}"
+    tts = TTS(base_url=f"{nobody},{second.url}")
+    try:
+        errors = collect_errors(tts)
+        started = time.monotonic()
+        spoken = await speak(tts, SHORT, conn_options=WORKER)
+        # a refused connection is known at once: no wait for the dead server
+        assert time.monotonic() - started < 2.0
+        assert spoken.pcm and not errors
+        assert speaking_through(tts) == second.url
+    finally:
+        await tts.aclose()
+
+
+async def test_the_preferred_server_is_used_again_once_it_stayed_up_and_not_while_it_flickers(
+    first: ServerProcess, second: ServerProcess
+) -> None:
+    tts = TTS(base_url=f"{first.url},{second.url}")
+    try:
+        await speak(tts, SHORT)
+        errors = collect_errors(tts)
+        await first.kill()
+        await converse(tts)
+        assert speaking_through(tts) == second.url
+        # it comes back, and dies again two seconds later (a crash loop): no reply is sent
+        # to it in between, and none is lost
+        await first.start()
+        back = time.monotonic()
+        while time.monotonic() - back < 2.0:
+            await converse(tts)
+            assert speaking_through(tts) == second.url
+        await first.kill()
+        await converse(tts)
+        # back for good: replies return to it once its socket has stayed up for the hold-down
+        # (RETURN_AFTER to twice that for one failure, twice that again for two in a row)
+        await first.start()
+        back = time.monotonic()
+        while speaking_through(tts) != first.url:
+            assert time.monotonic() - back < 4 * 2 * RETURN_AFTER + 5.0
+            await converse(tts)
+        assert time.monotonic() - back >= RETURN_AFTER  # not before it proved itself
+        # and it stays there
+        for _ in range(3):
+            await converse(tts)
+            assert speaking_through(tts) == first.url
+        assert not errors
+    finally:
+        await tts.aclose()
+
+
+async def test_a_full_server_sends_new_replies_to_the_next_at_once() -> None:
+    full, spare = _server("--max-streams", "1"), _server()
+    await asyncio.gather(full.start(), spare.start())
+    occupant = TTS(base_url=full.url)
+    tts = TTS(base_url=f"{full.url},{spare.url}")
+    try:
+        await speak(tts, SHORT)  # both sockets warm: the comparison below is fair
+        assert speaking_through(tts) == full.url
+        errors = collect_errors(tts)
+        # another agent's long reply takes the full server's only place
+        holding = asyncio.create_task(speak(occupant, LONG_REPLY))
+        await asyncio.sleep(0.5)
+        started = time.monotonic()
+        spoken = await speak(tts, SHORT, conn_options=WORKER)
+        moved_in = time.monotonic() - started
+        assert spoken.pcm and not errors
+        assert speaking_through(tts) == spare.url
+        # the refusal is one round trip: no retry pause of the framework's (0.5 s)
+        assert moved_in < 1.0
+        await holding
+        # once it has room again (and has rested), new replies go back to it
+        await asyncio.sleep(5.0)
+        await speak(tts, SHORT, conn_options=WORKER)
+        assert speaking_through(tts) == full.url
+        assert not errors
+    finally:
+        await asyncio.gather(occupant.aclose(), tts.aclose())
+        await asyncio.gather(full.stop(), spare.stop())
+
+
+async def test_when_no_server_accepts_the_error_names_each_within_the_timeout() -> None:
+    urls = [f"ws://127.0.0.1:{free_port()}" for _ in range(3)]
+    tts = TTS(base_url=",".join(urls))
+    try:
+        started = time.monotonic()
+        with pytest.raises(APIConnectionError) as info:
+            await speak(tts, SHORT, conn_options=WORKER)
+        assert time.monotonic() - started < WORKER.timeout + 1.0
+        for url in urls:
+            assert url in info.value.message
+    finally:
+        await tts.aclose()
