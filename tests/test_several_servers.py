@@ -32,7 +32,7 @@ from tests.server.asr import normalize, transcribe, word_errors
 from tests.server_process import DETERMINISTIC, ServerProcess
 from tests.test_server_restarts import collect_errors
 from tts_custom.knowlithictts import TTS
-from tts_custom.server_pool import RETURN_AFTER
+from tts_custom.server_pool import BUSY_REST, FORGIVE_AFTER, RETURN_AFTER, _Server
 
 
 def _server(*args: str) -> ServerProcess:
@@ -201,3 +201,66 @@ async def test_when_no_server_accepts_the_error_names_each_within_the_timeout() 
             assert url in info.value.message
     finally:
         await tts.aclose()
+
+
+# --- the pool's rules, on a clock of our own ------------------------------------------------
+
+
+class _Socket:
+    """An open connection as the pool sees it: only its age matters here."""
+
+    def __init__(self, opened: float) -> None:
+        self.opened = opened
+        self.now = opened
+
+    @property
+    def age(self) -> float:
+        return self.now - self.opened
+
+
+class _Connection:
+    def __init__(self) -> None:
+        self.current: _Socket | None = None
+
+
+def _member() -> tuple[_Server, _Connection]:
+    connection = _Connection()
+    return _Server("ws://a", connection), connection  # type: ignore[arg-type]
+
+
+def _fit_at(server: _Server, connection: _Connection, now: float) -> bool:
+    if connection.current is not None:
+        connection.current.now = now
+    return server.fit(now) is not None
+
+
+def test_a_failed_server_is_fit_again_only_after_its_hold_down_which_doubles_in_a_row() -> None:
+    server, connection = _member()
+    server.failed(100.0)
+    first_hold = server.hold_down
+    assert 2 * RETURN_AFTER / 2 <= first_hold <= 2 * RETURN_AFTER
+    connection.current = _Socket(opened=101.0)
+    assert not _fit_at(server, connection, 101.0 + first_hold - 0.01)
+    assert _fit_at(server, connection, 101.0 + first_hold + 0.001)
+    # a socket opened before the failure proves nothing
+    server.failed(130.0)
+    assert not _fit_at(server, connection, 200.0)
+    # a second failure soon after the first: a longer hold
+    connection.current = _Socket(opened=131.0)
+    assert server.hold_down >= 2 * RETURN_AFTER
+    # one long past the last recovery is forgiven: back to the first hold
+    assert _fit_at(server, connection, 131.0 + server.hold_down + 0.001)
+    server.failed(131.0 + server.hold_down + FORGIVE_AFTER + 1)
+    assert server.hold_down <= 2 * RETURN_AFTER
+
+
+def test_a_full_server_rests_longer_while_it_stays_full() -> None:
+    server, connection = _member()
+    connection.current = _Socket(opened=0.0)
+    server.full(10.0)
+    rest = server.rest_until - 10.0
+    assert BUSY_REST / 2 <= rest <= BUSY_REST
+    assert not _fit_at(server, connection, 10.0 + rest - 0.01)
+    assert _fit_at(server, connection, 10.0 + rest + 0.001)
+    server.full(10.0 + rest)
+    assert server.rest_until - (10.0 + rest) >= BUSY_REST
