@@ -2,7 +2,7 @@
 with the hashes of its files, resolved for the images' Python on Linux x86_64.
 
     python scripts/locks.py compile [UV_ARGS...]   # make lock: (re)write the locks with uv
-    python scripts/locks.py check                  # make lock-check: offline, well under 1 s
+    python scripts/locks.py check                  # make lock-check: offline
 
 The ``requirements*.txt`` files stay the ones people edit; ``compile`` resolves each into its
 ``.lock`` (``uv pip compile --generate-hashes``, keeping the pins already locked unless
