@@ -218,12 +218,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--root", type=Path, default=REPO, help="the checkout (default: this)")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("check", help="fail when a lock does not match its requirement files")
-    compile_ = sub.add_parser("compile", help="write the locks with uv (needs the index)")
-    compile_.add_argument("uv_args", nargs=argparse.REMAINDER, help="e.g. --upgrade-package X")
-    args = parser.parse_args(argv)
+    sub.add_parser(
+        "compile",
+        help="write the locks with uv (needs the index); other arguments, "
+        "e.g. --upgrade-package NAME, go to uv",
+    )
+    args, uv_args = parser.parse_known_args(argv)
+    if uv_args and args.command != "compile":
+        parser.error(f"unrecognized arguments: {' '.join(uv_args)}")
     root = args.root.resolve()
     if args.command == "compile":
-        compile_locks(root, args.uv_args)
+        compile_locks(root, uv_args)
     found = problems(root)
     for problem in found:
         print(problem, file=sys.stderr)
