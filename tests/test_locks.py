@@ -114,6 +114,17 @@ def test_each_image_installs_its_lock_with_hashes(image: str, lock: str) -> None
     assert installs == [f"pip install --require-hashes -r {lock}"]
 
 
+def test_make_installs_only_from_the_locks_with_hashes() -> None:
+    makefile = (REPO / "Makefile").read_text(encoding="utf-8")
+    installs = re.findall(r"^\t\$\(BIN\)/pip install (.*)$", makefile, re.MULTILINE)
+    # pip itself is the installer, not a dependency: a fresh venv's pip is upgraded first.
+    assert installs == [
+        "--quiet --upgrade pip",
+        "--quiet --require-hashes -r requirements.lock -r requirements-server.lock",
+        "--quiet --require-hashes -r requirements-dev.lock",
+    ]
+
+
 def licence(name: str) -> str:
     """Everything an installed distribution says about its licence."""
     metadata = importlib.metadata.metadata(name)
