@@ -15,10 +15,12 @@ ENV PYTHONUNBUFFERED=1 \
 RUN useradd --create-home --uid 10001 agent
 WORKDIR /app
 
-# Dependencies first: this layer is reused until requirements.txt changes.  Bytecode is
-# compiled at install (pip's default) so every job process starts without recompiling.
-COPY requirements.txt .
-RUN pip install -r requirements.txt
+# Dependencies first: this layer is reused until the lock changes.  requirements.lock pins
+# every package with the hashes of its wheels (make lock writes it from requirements.txt), so
+# each build installs the same files.  Bytecode is compiled at install (pip's default) so every
+# job process starts without recompiling.
+COPY requirements.lock .
+RUN pip install --require-hashes -r requirements.lock
 
 COPY agent.py settings.py ./
 COPY knowlithic_protocol/ knowlithic_protocol/

@@ -1,25 +1,29 @@
 # The two commands a new user needs (see README.md):
 #   make run     set up a virtual environment, fetch models, start the TTS server and the worker
 #   make check   set up a virtual environment with the dev tools and run every check:
-#                lint, typecheck, test, deploy-check and image-check (no Docker engine needed)
+#                lock-check, lint, typecheck, test, deploy-check and image-check (no Docker
+#                engine needed)
+#   make lock    after editing a requirements*.txt: regenerate the hashed *.lock files
 # Both create .venv with the interpreter in $(PYTHON) (3.11 or newer) on first use.
 
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run console check lint typecheck test deploy-check image-check clean
+.PHONY: run console check lock lock-check lint typecheck test deploy-check image-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-$(VENV)/.run-deps: requirements.txt requirements-server.txt | $(BIN)/python
-	$(BIN)/pip install --quiet -r requirements.txt -r requirements-server.txt
+# Installed from the hashed locks (make lock writes them from the requirement files), so a
+# fresh clone gets the same files next month as today; pip refuses any file whose hash differs.
+$(VENV)/.run-deps: requirements.lock requirements-server.lock | $(BIN)/python
+	$(BIN)/pip install --quiet --require-hashes -r requirements.lock -r requirements-server.lock
 	touch $@
 
-$(VENV)/.dev-deps: requirements-dev.txt requirements.txt requirements-server.txt | $(BIN)/python
-	$(BIN)/pip install --quiet -r requirements-dev.txt
+$(VENV)/.dev-deps: requirements-dev.lock | $(BIN)/python
+	$(BIN)/pip install --quiet --require-hashes -r requirements-dev.lock
 	touch $@ $(VENV)/.run-deps
 
 run: $(VENV)/.run-deps
@@ -32,7 +36,17 @@ console: $(VENV)/.run-deps
 	$(BIN)/python agent.py download-files
 	PATH="$(abspath $(BIN)):$$PATH" ./scripts/run-local.sh console
 
-check: lint typecheck test deploy-check image-check
+check: lock-check lint typecheck test deploy-check image-check
+
+# After editing a requirements*.txt: resolve the locks again (needs the package index).  The
+# pins already locked are kept; upgrade with  make lock LOCK_ARGS="--upgrade-package NAME"
+# (or LOCK_ARGS=--upgrade for everything).  scripts/locks.py says how each lock is made.
+lock: $(VENV)/.dev-deps
+	$(BIN)/python scripts/locks.py compile $(LOCK_ARGS)
+
+# Offline and fast: each lock still matches its requirement files and the other locks.
+lock-check: $(VENV)/.dev-deps
+	$(BIN)/python scripts/locks.py check
 
 lint: $(VENV)/.dev-deps
 	$(BIN)/ruff check .

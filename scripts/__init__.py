@@ -1,0 +1,1 @@
+"""Command-line tools run from the checkout (make image-check, make lock)."""
