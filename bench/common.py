@@ -111,6 +111,26 @@ async def prewarmed(tts: TTS, timeout: float = 10.0) -> None:
             await asyncio.sleep(0.005)
 
 
+class Player:
+    """A listener who starts playing at the first frame and plays in real time: how often,
+    and for how long, it runs dry waiting for audio."""
+
+    def __init__(self) -> None:
+        self.clock = 0.0  # when the audio received so far finishes playing
+        self.underruns = 0
+        self.starved = 0.0  # seconds spent dry
+
+    def hear(self, now: float, seconds: float) -> None:
+        """A frame of ``seconds`` of audio arrived at ``now`` (``time.perf_counter()``)."""
+        if not self.clock:
+            self.clock = now
+        elif now > self.clock + 0.005:  # the frame came after the player ran dry
+            self.underruns += 1
+            self.starved += now - self.clock
+            self.clock = now
+        self.clock += seconds
+
+
 def percentiles(values: Sequence[float], points: Sequence[int] = (50, 95, 99)) -> list[float]:
     if not values:
         return [float("nan")] * len(points)

@@ -35,7 +35,14 @@ import numpy as np
 import soxr
 
 import knowlithic_protocol as protocol
-from bench.common import delay_proxy_process, local_tts_server, machine, percentiles, table
+from bench.common import (
+    Player,
+    delay_proxy_process,
+    local_tts_server,
+    machine,
+    percentiles,
+    table,
+)
 from knowlithic_protocol import formats
 from tests.server.asr import ASR_SAMPLE_RATE, transcribe, word_error_rate
 from tts_custom.knowlithictts import TTS
@@ -203,22 +210,15 @@ async def play_reply(tts: TTS, text: str) -> Playback:
     """Speak ``text``; a player starts at the first frame and plays in real time."""
     started = time.perf_counter()
     first = 0.0
-    clock = 0.0  # when the audio received so far finishes playing
-    underruns, starved = 0, 0.0
+    player = Player()
     async with tts.stream() as stream:
         stream.push_text(text)
         stream.end_input()
         async for event in stream:
             now = time.perf_counter()
-            frame = event.frame
-            if not first:
-                first, clock = now - started, now
-            elif now > clock + 0.005:  # the frame came after the player ran dry
-                underruns += 1
-                starved += now - clock
-                clock = now
-            clock += frame.samples_per_channel / frame.sample_rate
-    return Playback(first, underruns, starved)
+            first = first or now - started
+            player.hear(now, event.frame.samples_per_channel / event.frame.sample_rate)
+    return Playback(first, player.underruns, player.starved)
 
 
 @dataclass

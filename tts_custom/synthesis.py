@@ -327,8 +327,9 @@ class SentenceSynthesis:
                     e.message,
                     extra={"sentence": sentence.index, "played_samples": sentence.played},
                 )
-            delay = _RETRY_DELAY * 2 ** (sentence.attempts - 1)
-            await asyncio.sleep(min(delay, self._patience.left(time.monotonic())))
+            if not self._moving():  # another server needs no pause: it is not the one failing
+                delay = _RETRY_DELAY * 2 ** (sentence.attempts - 1)
+                await asyncio.sleep(min(delay, self._patience.left(time.monotonic())))
             await self._request(sentence)
             # sentences sent ahead on a socket that died, or to a server the reply left, are
             # asked for again now, not on their turn, so the server renders them while this
@@ -396,6 +397,13 @@ class SentenceSynthesis:
                 # the server may have stopped answering long before its socket died
                 patience.fault(min(began, channel.transport.fault_began))
                 raise connection_lost_error(event.close_code, event.reason)
+
+    def _moving(self) -> bool:
+        """Whether the next request goes to another server."""
+        conn = self._conn
+        return self._connections.alternatives and (
+            self._leaving is not None or (conn is not None and conn.closed)
+        )
 
     def _leave(self, transport: Transport, error: APIError) -> None:
         """Send the next requests elsewhere, if ``transport`` is still the one in use."""
