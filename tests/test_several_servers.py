@@ -11,6 +11,7 @@ it has stayed up for a while, and not while it flickers.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import AsyncIterator
 
@@ -33,6 +34,7 @@ from tests.server_process import DETERMINISTIC, ServerProcess
 from tests.test_server_restarts import collect_errors
 from tts_custom.knowlithictts import TTS
 from tts_custom.server_pool import BUSY_REST, FORGIVE_AFTER, RETURN_AFTER, _Server
+from tts_custom.synthesis import MOVE_AFTER_SILENCE
 
 
 def _server(*args: str) -> ServerProcess:
@@ -264,3 +266,37 @@ def test_a_full_server_rests_longer_while_it_stays_full() -> None:
     assert _fit_at(server, connection, 10.0 + rest + 0.001)
     server.full(10.0 + rest)
     assert server.rest_until - (10.0 + rest) >= BUSY_REST
+
+
+async def test_a_server_that_freezes_mid_reply_loses_the_reply_to_the_next_in_a_second_or_two(
+    first: ServerProcess, second: ServerProcess
+) -> None:
+    tts = TTS(base_url=f"{first.url},{second.url}")
+    try:
+        reference = await speak(tts, LONG_REPLY)
+        errors = collect_errors(tts)
+        spoken = Spoken()
+        frozen_at = 0.0
+        arrivals: list[float] = []
+        try:
+            async with tts.stream(conn_options=WORKER) as stream:
+                stream.push_text(LONG_REPLY)
+                stream.end_input()
+                async for event in stream:
+                    spoken.add(event)
+                    arrivals.append(time.monotonic())
+                    if not frozen_at and len(spoken.pcm) >= 0.1 * BYTES_PER_SECOND:
+                        first.freeze()  # SIGSTOP: its sockets stay open, nothing answers
+                        frozen_at = time.monotonic()
+        finally:
+            first.thaw()
+        assert not errors
+        assert speaking_through(tts) == second.url
+        assert abs(len(spoken.pcm) - len(reference.pcm)) <= 0.05 * BYTES_PER_SECOND
+        assert np.corrcoef(loudness(spoken.pcm), loudness(reference.pcm))[0, 1] > 0.95
+        # the longest wait for audio: the silence allowed before moving, and the move
+        longest = max(b - a for a, b in itertools.pairwise(arrivals))
+        assert longest < MOVE_AFTER_SILENCE + 1.5
+        assert longest < WORKER.timeout  # never the reply's whole patience
+    finally:
+        await tts.aclose()

@@ -171,21 +171,37 @@ class ServerPool:
             server.full(time.monotonic())
             logger.info("Knowlithic TTS server %s is full; resting it", server.name)
 
+    def stalled(self, conn: Transport) -> None:
+        """``conn``'s server owes a reply audio and has gone silent: it counts as failed, its
+        socket is replaced, and it is dialled again in the background."""
+        server = self._owner.get(conn)
+        if server is not None and self.alternatives:
+            logger.warning("Knowlithic TTS server %s stopped answering", server.name)
+            server.failed(time.monotonic())
+            self._replace(server, conn)
+
     def invalidate(self, conn: Transport | None = None) -> None:
         """As :meth:`SharedConnection.invalidate`, on ``conn``'s server (the speaking one
-        without ``conn``); a socket that closed on its own counts against its server."""
+        without ``conn``).  A reply gives up a socket only when it closed on its own or its
+        server said it shuts down: either counts against the server."""
         server = self._speaking if conn is None else self._owner.get(conn)
         if server is None:
             return
-        if conn is not None and conn.closed and not conn.closed_by_client:
+        if conn is not None and not conn.closed_by_client:
             server.failed(time.monotonic())
-        server.connection.invalidate(conn)
+        self._replace(server, conn)
 
     async def aclose(self) -> None:
         for server in self._servers:
             await server.connection.aclose()
 
     # -- internals -----------------------------------------------------------------------------
+
+    def _replace(self, server: _Server, conn: Transport | None) -> None:
+        server.connection.invalidate(conn)
+        if self.alternatives:
+            # dial it again now, not when a reply needs it: it proves itself in the background
+            server.connection.prewarm()
 
     def _on_failure(self, index: int) -> Callable[[], None]:
         def failed() -> None:

@@ -49,6 +49,10 @@ _CANCEL_SEND_TIMEOUT = 1.0
 # requests per sentence: the first, then retries after passing failures
 _MAX_ATTEMPTS = 3
 _RETRY_DELAY = 0.1  # doubled on every further retry of the same sentence
+# With another server to go to, a request its server has not answered for this long moves
+# there (a frozen process, a host gone without a reset): a loaded server's first audio takes
+# well under half of it (docs/benchmarks.md); alone, a reply waits its whole patience.
+MOVE_AFTER_SILENCE = 1.5
 
 
 class Connections(Protocol):
@@ -65,6 +69,10 @@ class Connections(Protocol):
 
     def busy(self, conn: Transport) -> None:
         """``conn``'s server refused a reply as full."""
+        ...
+
+    def stalled(self, conn: Transport) -> None:
+        """``conn``'s server owes an answer and has said nothing for too long."""
         ...
 
 
@@ -277,6 +285,8 @@ class SentenceSynthesis:
         """Send (or send again) one sentence's request on the current connection."""
         if sentence.channel is not None:
             sentence.channel.close()  # the failed rendition gives its request slot back
+            # whoever waits for it to be answered (_answered) waits for the new request now
+            sentence.channel.answered.set()
         request_id = f"{self._template.request_id}-{self._requests}"
         self._requests += 1
         sentence.attempts += 1
@@ -347,12 +357,17 @@ class SentenceSynthesis:
         decoder = new_decoder(sentence.output_format, sample_rate=self._template.sample_rate)
         self._sink.skip(sentence.played)  # a new rendition resumes where the last one stopped
         patience = self._patience
+        may_move = self._connections.alternatives
         while True:
             began = time.monotonic()
+            wait = patience.left(began)
             try:
-                event = await channel.receive(patience.left(began))
-            except APITimeoutError:
+                event = await channel.receive(min(wait, MOVE_AFTER_SILENCE) if may_move else wait)
+            except APITimeoutError as e:
                 patience.fault(began)  # a stall: the whole wait was the fault
+                if may_move and not patience.spent(time.monotonic()):
+                    self._connections.stalled(channel.transport)
+                    self._leave(channel.transport, e)
                 raise
             if isinstance(event, protocol.Audio):
                 if patience.since is not None:
