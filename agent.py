@@ -38,8 +38,9 @@ from livekit.agents.stt import STT
 from livekit.agents.tts import TTS as BaseTTS
 from livekit.agents.vad import VAD
 from livekit.agents.voice.agent_session import SessionConnectOptions
-from livekit.plugins import deepgram, groq, noise_cancellation, silero
+from livekit.plugins import deepgram, noise_cancellation, silero
 
+from llm_chain import build_chain
 from settings import ConfigError, Settings, load_settings
 from tts_custom.knowlithictts import TTS as KnowlithicTTS
 
@@ -159,7 +160,13 @@ def build_stt(settings: Settings) -> STT[Any]:
 
 
 def build_llm(settings: Settings) -> LLM[Any]:
-    return groq.LLM(model=settings.groq_model, api_key=settings.groq_api_key)
+    """GROQ_MODEL, then each of GROQ_FALLBACK_MODELS when the one before fails (llm_chain.py)."""
+    return build_chain(
+        [settings.groq_model, *settings.groq_fallback_models],
+        api_key=settings.groq_api_key,
+        base_url=settings.groq_base_url,
+        attempt_timeout=settings.groq_attempt_timeout,
+    )
 
 
 def build_session(
