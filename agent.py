@@ -292,7 +292,11 @@ async def entrypoint(ctx: JobContext) -> None:
     voice.prewarm()
     ctx.add_shutdown_callback(voice.aclose)
 
-    session = build_session(settings, vad=ctx.proc.userdata["vad"], tts=voice)
+    model = build_llm(settings)
+    # Its recovery probes run in the background until it is closed.
+    ctx.add_shutdown_callback(model.aclose)
+
+    session = build_session(settings, vad=ctx.proc.userdata["vad"], tts=voice, llm=model)
 
     async def log_usage() -> None:
         usage = ", ".join(repr(u) for u in session.usage.model_usage) or "none"

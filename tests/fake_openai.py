@@ -174,6 +174,12 @@ class FakeOpenAI:
             self._process.kill()
             await self._process.wait()
 
+    async def restart(self, down: float) -> None:
+        """SIGKILL, nothing listening for ``down`` seconds, then a fresh process on the port."""
+        await self.stop()
+        await asyncio.sleep(down)
+        await self.start()
+
     async def fail(self, model: str, *faults: str) -> None:
         """Queue ``faults`` for ``model``'s next requests; after them it answers again."""
         await self._post({"faults": {model: list(faults)}})

@@ -240,6 +240,23 @@ async def test_with_no_fallback_a_fault_on_the_only_model_is_the_error(
         await only.aclose()
 
 
+async def test_a_server_killed_mid_reply_fails_the_turn_and_serves_the_next_once_back(
+    server: FakeOpenAI, chain: ModelChain, caplog: pytest.LogCaptureFixture
+) -> None:
+    # One server holds every model (GROQ_BASE_URL): when its process dies, none is left.
+    await server.fail("primary", "stall_mid:6")
+    turn = asyncio.create_task(reply(chain))
+    await asyncio.sleep(0.2)  # the first sentence is out, the rest never comes
+    await server.stop()  # SIGKILL: the socket vanishes mid-response
+    with pytest.raises(APIConnectionError, match="every LLM model failed: primary"):
+        await turn
+    assert_logs_hold_no_text_and_no_key(caplog)
+
+    await server.restart(down=1.5)  # as a restarted container comes back
+    # Every model was marked down; the chain still asks them all rather than give no reply.
+    assert (await reply(chain))[0] == reply_for("primary")
+
+
 # --- in a session ----------------------------------------------------------------
 
 
