@@ -47,8 +47,9 @@ logger = logging.getLogger("agent.llm")
 Reason = Literal["429", "5xx", "4xx", "timeout", "cut", "connection"]
 
 # Where text may go out: after a sentence's closing punctuation (and any closing quote or
-# bracket) and the space that follows it.  Text after the last such place waits.
-_SENTENCE_END: Final = re.compile(r"[.!?…](?:[\"'”’)\]]*)\s+")
+# bracket) and the space that follows it; Chinese and Japanese put no space after theirs.
+# Text after the last such place waits.
+_SENTENCE_END: Final = re.compile(r"[.!?…][\"'”’)\]]*\s+|[。！？][」』”’）]*\s*")
 # Told to the next model when a reply was cut after some sentences went out.
 CONTINUE_INSTRUCTIONS: Final = (
     "Your reply above was cut off by a technical fault; the caller heard it up to there. "
@@ -152,6 +153,20 @@ class ModelChain(FallbackAdapter):
                 self._probe(index), name=f"llm_probe_{self._llm_instances[index].model}"
             )
 
+    def _answered(self, index: int) -> None:
+        """A model marked down answered a turn (all were down, so it was asked anyway)."""
+        status = self._status[index]
+        if not status.available:
+            if status.recovering_task is not None:
+                status.recovering_task.cancel()
+            self._back(index)
+
+    def _back(self, index: int) -> None:
+        model = self._llm_instances[index]
+        self._status[index].available = True
+        logger.info("LLM model %s answers again; turns go to it again", model.model)
+        self.emit("llm_availability_changed", AvailabilityChangedEvent(llm=model, available=True))
+
     async def _probe(self, index: int) -> None:
         model = self._llm_instances[index]
         for delay in _delays(self._probe_delays):
@@ -169,11 +184,7 @@ class ModelChain(FallbackAdapter):
             except APIError as e:
                 logger.debug("LLM model %s still failing (%s)", model.model, reason_of(e, False))
                 continue
-            self._status[index].available = True
-            logger.info("LLM model %s answers again; turns go to it again", model.model)
-            self.emit(
-                "llm_availability_changed", AvailabilityChangedEvent(llm=model, available=True)
-            )
+            self._back(index)
             return
 
 
@@ -194,7 +205,6 @@ class ChainStream(FallbackLLMStream):
             attempt = _Attempt(self, spoken)
             try:
                 await attempt.run(model)
-                return
             except APIError as e:
                 reason = reason_of(e, attempt.received)
                 spoken = attempt.spoken
@@ -221,6 +231,9 @@ class ChainStream(FallbackLLMStream):
                     else f"the turn moves to {chain._llm_instances[following].model}"
                     + (" after the sentences already said" if spoken else ""),
                 )
+            else:
+                chain._answered(index)
+                return
         # Not retryable: the framework would start the reply again from the top.
         raise APIConnectionError(
             f"every LLM model failed: {', '.join(failures)}", retryable=False

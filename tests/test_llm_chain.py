@@ -18,7 +18,7 @@ from livekit.agents.llm import AvailabilityChangedEvent
 from livekit.agents.voice.run_result import RunResult
 
 import agent
-from llm_chain import CONTINUE_INSTRUCTIONS, ModelChain
+from llm_chain import CONTINUE_INSTRUCTIONS, ModelChain, split_sentences
 from settings import load_settings
 from tests.fake_openai import FakeOpenAI, reply_for
 
@@ -253,8 +253,10 @@ async def test_a_server_killed_mid_reply_fails_the_turn_and_serves_the_next_once
     assert_logs_hold_no_text_and_no_key(caplog)
 
     await server.restart(down=1.5)  # as a restarted container comes back
-    # Every model was marked down; the chain still asks them all rather than give no reply.
+    # Every model was marked down; the chain still asks them all rather than give no reply,
+    # and the one that answers is up again.
     assert (await reply(chain))[0] == reply_for("primary")
+    assert chain.available("primary")
 
 
 # --- in a session ----------------------------------------------------------------
@@ -296,3 +298,22 @@ async def test_the_models_are_groq_s_unless_a_base_url_says_otherwise() -> None:
             assert [str(m._client.base_url) for m in chain._llm_instances] == [url] * 3  # type: ignore[attr-defined]
         finally:
             await chain.aclose()
+
+
+# --- where text may go out ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "ready", "held"),
+    [
+        ("This is", "", "This is"),
+        ("This is it.", "", "This is it."),  # the end may be "it.5" or "it. Then": wait
+        ("This is it. Then", "This is it. ", "Then"),
+        ('He said "stop!" and', 'He said "stop!" ', "and"),
+        ("One. Two? Three", "One. Two? ", "Three"),
+        ("It costs 3.5 dollars", "", "It costs 3.5 dollars"),
+        ("好的。请稍等", "好的。", "请稍等"),
+    ],
+)
+def test_text_goes_out_up_to_the_last_sentence_end(text: str, ready: str, held: str) -> None:
+    assert split_sentences(text) == (ready, held)
