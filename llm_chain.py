@@ -184,6 +184,9 @@ class ModelChain(FallbackAdapter):
             except APIError as e:
                 logger.debug("LLM model %s still failing (%s)", model.model, reason_of(e, False))
                 continue
+            except Exception as e:  # a probe that dies would leave the model down for good
+                logger.debug("LLM model %s probe failed (%s)", model.model, type(e).__name__)
+                continue
             self._back(index)
             return
 

@@ -317,3 +317,20 @@ async def test_the_models_are_groq_s_unless_a_base_url_says_otherwise() -> None:
 )
 def test_text_goes_out_up_to_the_last_sentence_end(text: str, ready: str, held: str) -> None:
     assert split_sentences(text) == (ready, held)
+
+
+async def test_in_a_session_a_reply_cut_after_a_sentence_is_one_message_said_once(
+    server: FakeOpenAI, chain: ModelChain
+) -> None:
+    async with AgentSession[None](llm=chain) as session:
+        await session.start(Agent(instructions="You are Avery, a nurse on the phone."))
+        await server.fail("primary", "cut:6")
+        result: RunResult[None] = await session.run(user_input=USER_TEXT)
+        history = [(m.role, m.text_content) for m in session.history.messages()]
+
+    expected = "This is primary speaking. " + reply_for("second")
+    message = result.expect.next_event().is_message(role="assistant")
+    assert message.event().item.text_content == expected
+    result.expect.no_more_events()
+    # What the next turn's model will see is what the caller heard: each sentence once.
+    assert history[-1] == ("assistant", expected)
