@@ -10,6 +10,11 @@ turn starts with the primary thought healthy, as the first turn after an outage 
 Reported: the first text the caller gets and the whole reply, median and p95, and what the
 fault adds to the median first text.  The server streams a word every 5 ms, so the figures
 are the chain's and the faults' cost, not a real model's speed.
+
+A second table prices the chain's one cost without a fault: it passes text on a sentence at
+a time, and the TTS plugin's sentence tokenizer (blingfire, its default) gives a sentence to
+the TTS once the next one begins.  It times the first sentence out of that tokenizer with
+the chain and with the bare plugin, on the same server.
 """
 
 from __future__ import annotations
@@ -19,12 +24,14 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
+from typing import Any
 
-from livekit.agents import llm
+from livekit.agents import llm, tokenize
+from livekit.plugins import groq
 
 from agent import build_llm
 from bench.common import machine, percentiles, table
-from settings import DEFAULT_GROQ_ATTEMPT_TIMEOUT, load_settings
+from settings import DEFAULT_GROQ_ATTEMPT_TIMEOUT, Settings, load_settings
 from tests.fake_openai import FakeOpenAI, reply_for
 
 FAULTS = {
@@ -38,8 +45,7 @@ FAULTS = {
 STALLS = {"stall", "stall_mid:6"}
 
 
-async def one_turn(server: FakeOpenAI, fault: str | None, timeout: float) -> tuple[float, float]:
-    """Seconds to the first text and to the whole reply."""
+def _settings(server: FakeOpenAI, timeout: float) -> Settings:
     env = {
         "DEEPGRAM_API_KEY": "dg-unused",
         "GROQ_API_KEY": "gsk-unused",
@@ -48,7 +54,12 @@ async def one_turn(server: FakeOpenAI, fault: str | None, timeout: float) -> tup
         "GROQ_FALLBACK_MODELS": "second",
         "GROQ_ATTEMPT_TIMEOUT": str(timeout),
     }
-    chain = build_llm(load_settings(env, require_livekit=False))
+    return load_settings(env, require_livekit=False)
+
+
+async def one_turn(server: FakeOpenAI, fault: str | None, timeout: float) -> tuple[float, float]:
+    """Seconds to the first text and to the whole reply."""
+    chain = build_llm(_settings(server, timeout))
     ctx = llm.ChatContext()
     ctx.add_message(role="user", content="My head hurts.")
     if fault:
@@ -69,8 +80,51 @@ async def one_turn(server: FakeOpenAI, fault: str | None, timeout: float) -> tup
     return first, whole
 
 
+async def first_sentence(model: llm.LLM[Any]) -> float:
+    """Seconds until the TTS plugin's sentence tokenizer gives out the reply's first sentence."""
+    sentences = tokenize.blingfire.SentenceTokenizer().stream()
+    ctx = llm.ChatContext()
+    ctx.add_message(role="user", content="My head hurts.")
+    started = time.perf_counter()
+
+    async def first() -> float:
+        async for _ in sentences:
+            return time.perf_counter() - started
+        raise AssertionError("no sentence")
+
+    reader = asyncio.create_task(first())
+    async with model.chat(chat_ctx=ctx) as stream:
+        async for chunk in stream:
+            if chunk.delta and chunk.delta.content:
+                sentences.push_text(chunk.delta.content)
+    sentences.end_input()
+    seconds = await reader
+    await sentences.aclose()
+    return seconds
+
+
+async def sentence_cost(server: FakeOpenAI, turns: int, timeout: float) -> list[list[object]]:
+    rows: list[list[object]] = []
+    for name in ("bare plugin", "chain"):
+        times = []
+        for _ in range(turns):
+            model: llm.LLM[Any] = (
+                groq.LLM(model="primary", api_key="gsk-unused", base_url=server.base_url)
+                if name == "bare plugin"
+                else build_llm(_settings(server, timeout))
+            )
+            try:
+                times.append(await first_sentence(model) * 1000)
+            finally:
+                await model.aclose()
+        rows.append([name, turns, *percentiles(times, (50, 95))])
+    return rows
+
+
 async def run(turns: int, stall_turns: int, timeout: float) -> None:
-    logging.getLogger("agent.llm").setLevel(logging.ERROR)  # a switch a turn is the point here
+    # a switch a turn is the point here: no warning for each
+    for name in ("agent.llm", "livekit.agents"):
+        logging.getLogger(name).setLevel(logging.ERROR)
     server = FakeOpenAI()
     await server.start()
     rows: list[list[object]] = []
@@ -87,6 +141,7 @@ async def run(turns: int, stall_turns: int, timeout: float) -> None:
             (f50, f95), (w50, w95) = percentiles(firsts, (50, 95)), percentiles(wholes, (50, 95))
             baseline = baseline or f50
             rows.append([name, count, f50, f95, w50, w95, f50 - baseline])
+        sentence_rows = await sentence_cost(server, turns, timeout)
     finally:
         await server.stop()
     print(f"LLM fallback, GROQ_ATTEMPT_TIMEOUT={timeout:g} s; {machine()}")
@@ -100,6 +155,8 @@ async def run(turns: int, stall_turns: int, timeout: float) -> None:
         "added to first text ms",
     ]
     print(table(headers, rows))
+    print("\nNo fault: the first sentence out of the TTS plugin's sentence tokenizer")
+    print(table(["LLM", "turns", "first sentence p50 ms", "p95"], sentence_rows))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
