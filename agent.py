@@ -308,6 +308,7 @@ async def entrypoint(ctx: JobContext) -> None:
         extra={
             "stt_model": settings.deepgram_model,
             "llm_model": settings.groq_model,
+            "llm_fallbacks": ",".join(settings.groq_fallback_models),
             "tts_voice": settings.tts_voice,
             "prompt": settings.prompt_source,
             "noise_cancellation": settings.noise_cancellation,

@@ -7,6 +7,7 @@ tests/fake_openai.py with GROQ_BASE_URL: the faults travel through real sockets.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -182,7 +183,9 @@ async def test_the_recovered_primary_serves_turns_again(
     server: FakeOpenAI, chain: ModelChain, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO)
-    await server.fail("primary", "429")
+    # The turn's 429, then the first probe's (1 s later): the next probe comes 2 s after that,
+    # so the second turn below surely finds the primary still down, however slow the machine.
+    await server.fail("primary", "429", "429")
     assert (await reply(chain))[0] == reply_for("second")
     # Until a probe finds it answering, turns go straight to the next model: no wait on it.
     assert not chain.available("primary")
@@ -192,20 +195,26 @@ async def test_the_recovered_primary_serves_turns_again(
     assert (await reply(chain))[0] == reply_for("primary")
 
     asked = await server.requests()
-    assert [r["model"] for r in asked] == ["primary", "second", "second", "primary", "primary"]
-    # The probe carried none of the caller's words.
-    assert asked[3]["messages"] == [{"role": "user", "content": "Say OK."}]
+    turns = [r["model"] for r in asked if USER_TEXT in str(r["messages"])]
+    assert turns == ["primary", "second", "second", "primary"]
+    probes = [r for r in asked if USER_TEXT not in str(r["messages"])]
+    assert [(p["model"], p["fault"]) for p in probes] == [("primary", "429"), ("primary", "ok")]
+    # The probes carried none of the caller's words.
+    assert all(p["messages"] == [{"role": "user", "content": "Say OK."}] for p in probes)
     assert any("primary answers again" in r.getMessage() for r in caplog.records)
 
 
 async def test_a_model_still_failing_is_probed_again_later(
     server: FakeOpenAI, chain: ModelChain
 ) -> None:
-    await server.fail("primary", "503", "503")  # the turn, then the first probe
+    await server.fail("primary", "503", "503", "503")  # the turn, then two probes
     assert (await reply(chain))[0] == reply_for("second")
     await wait_until_available(chain, "primary")
-    probes = [r["fault"] for r in await server.requests() if r["model"] == "primary"]
-    assert probes == ["503", "503", "ok"]
+    asked = [r for r in await server.requests() if r["model"] == "primary"]
+    assert [r["fault"] for r in asked] == ["503", "503", "503", "ok"]
+    # backing off: the probes come 1 s, then 2 s, then 4 s apart
+    gaps = [later["at"] - earlier["at"] for earlier, later in itertools.pairwise(asked[1:])]
+    assert gaps[0] < gaps[1]
     assert (await reply(chain))[0] == reply_for("primary")
 
 
