@@ -38,8 +38,9 @@ from livekit.agents.stt import STT
 from livekit.agents.tts import TTS as BaseTTS
 from livekit.agents.vad import VAD
 from livekit.agents.voice.agent_session import SessionConnectOptions
-from livekit.plugins import deepgram, groq, noise_cancellation, silero
+from livekit.plugins import deepgram, noise_cancellation, silero
 
+from llm_chain import build_chain
 from settings import ConfigError, Settings, load_settings
 from tts_custom.knowlithictts import TTS as KnowlithicTTS
 
@@ -159,7 +160,13 @@ def build_stt(settings: Settings) -> STT[Any]:
 
 
 def build_llm(settings: Settings) -> LLM[Any]:
-    return groq.LLM(model=settings.groq_model, api_key=settings.groq_api_key)
+    """GROQ_MODEL, then each of GROQ_FALLBACK_MODELS when the one before fails (llm_chain.py)."""
+    return build_chain(
+        [settings.groq_model, *settings.groq_fallback_models],
+        api_key=settings.groq_api_key,
+        base_url=settings.groq_base_url,
+        attempt_timeout=settings.groq_attempt_timeout,
+    )
 
 
 def build_session(
@@ -285,7 +292,11 @@ async def entrypoint(ctx: JobContext) -> None:
     voice.prewarm()
     ctx.add_shutdown_callback(voice.aclose)
 
-    session = build_session(settings, vad=ctx.proc.userdata["vad"], tts=voice)
+    model = build_llm(settings)
+    # Its recovery probes run in the background until it is closed.
+    ctx.add_shutdown_callback(model.aclose)
+
+    session = build_session(settings, vad=ctx.proc.userdata["vad"], tts=voice, llm=model)
 
     async def log_usage() -> None:
         usage = ", ".join(repr(u) for u in session.usage.model_usage) or "none"
@@ -297,6 +308,7 @@ async def entrypoint(ctx: JobContext) -> None:
         extra={
             "stt_model": settings.deepgram_model,
             "llm_model": settings.groq_model,
+            "llm_fallbacks": ",".join(settings.groq_fallback_models),
             "tts_voice": settings.tts_voice,
             "prompt": settings.prompt_source,
             "noise_cancellation": settings.noise_cancellation,

@@ -9,6 +9,7 @@ variable with its default.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from collections.abc import Callable, Mapping
@@ -21,6 +22,8 @@ from knowlithic_protocol import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, OUTPUT_FORMATS
 from tts_custom.knowlithictts import URL_SCHEMES, header_safe_key, split_urls
 
 __all__ = [
+    "DEFAULT_GROQ_ATTEMPT_TIMEOUT",
+    "DEFAULT_GROQ_FALLBACK_MODELS",
     "DEFAULT_GROQ_MODEL",
     "PROMPTS_DIR",
     "ConfigError",
@@ -36,6 +39,22 @@ PROMPTS_DIR: Final = Path(__file__).resolve().parent / "prompts"
 DEFAULT_GROQ_MODEL: Final = "llama-3.3-70b-versatile"
 # Models Groq has shut down.  Refusing them at start-up beats a 404 on the caller's first turn.
 RETIRED_GROQ_MODELS: Final = frozenset({"llama3-8b-8192", "llama3-70b-8192", "mixtral-8x7b-32768"})
+# Models a turn moves to when the one before fails (llm_chain.py).  Groq production models from
+# the plugin's list, each from another family than the default primary: Groq's rate limits
+# are per model, and an overloaded model says little about another.  gpt-oss-120b is as able
+# as the primary; llama-3.1-8b-instant is the fastest and has the highest limits, the last
+# resort.  The primary is dropped from the list when it is in it.
+DEFAULT_GROQ_FALLBACK_MODELS: Final = ("openai/gpt-oss-120b", "llama-3.1-8b-instant")
+# GROQ_FALLBACK_MODELS=none: no fallback.  (A blank value means "unset", as for every variable,
+# so a copied .env.example with `GROQ_FALLBACK_MODELS=` keeps the default chain.)
+NO_FALLBACK: Final = "none"
+# How long one model may keep the turn waiting: for its first chunk, and then between chunks.
+# Groq's first token typically comes in 0.2-0.5 s (well under 1 s), so 2 s is 4x a normal wait:
+# a slow answer is not cut off, and a stalled model costs the caller 2 s of silence before the
+# next one starts, not the framework's 5 s (docs/reliability.md, "LLM provider faults").
+DEFAULT_GROQ_ATTEMPT_TIMEOUT: Final = 2.0
+MAX_GROQ_ATTEMPT_TIMEOUT: Final = 30.0
+LLM_URL_SCHEMES: Final = ("http", "https")
 
 DEFAULT_TTS_SERVER: Final = "ws://localhost:8000"
 # The longest a TTS fault (a server restarting, a silent server, a dropped socket) may keep
@@ -86,6 +105,11 @@ class Settings:
 
     groq_api_key: str = field(repr=False)
     groq_model: str
+    groq_fallback_models: tuple[str, ...]
+    """Tried in order after ``groq_model``; never contains it; empty: no fallback."""
+    groq_base_url: str | None = field(repr=False)
+    """An OpenAI-compatible server instead of Groq's; ``None``: Groq.  It may hold credentials."""
+    groq_attempt_timeout: float
 
     tts_server_url: str
     """One server URL, or several separated by commas in order of preference."""
@@ -151,6 +175,13 @@ def load_settings(
         deepgram_filler_words=env.parse("DEEPGRAM_FILLER_WORDS", False, _boolean),
         groq_api_key=env.secret("GROQ_API_KEY", "your Groq API key") or "",
         groq_model=env.parse("GROQ_MODEL", DEFAULT_GROQ_MODEL, _groq_model),
+        groq_fallback_models=env.parse(
+            "GROQ_FALLBACK_MODELS", DEFAULT_GROQ_FALLBACK_MODELS, _groq_models
+        ),
+        groq_base_url=_llm_url(env, "GROQ_BASE_URL"),
+        groq_attempt_timeout=env.parse(
+            "GROQ_ATTEMPT_TIMEOUT", DEFAULT_GROQ_ATTEMPT_TIMEOUT, _attempt_timeout
+        ),
         tts_server_url=env.urls(tts_var, "the TTS server URL") or DEFAULT_TTS_SERVER,
         # optional: the local server needs none
         tts_api_key=env.parse("KNOWLITHIC_API_KEY", None, _header_value),
@@ -171,6 +202,9 @@ def load_settings(
         prompt_source=prompt_source,
         instructions=instructions,
     )
+    # The primary is tried first anyway: trying it again as a fallback would only add a wait.
+    fallbacks = tuple(m for m in settings.groq_fallback_models if m != settings.groq_model)
+    settings = dataclasses.replace(settings, groq_fallback_models=fallbacks)
     if settings.endpointing_max_delay < settings.endpointing_min_delay:
         env.problems.append(
             "ENDPOINTING_MAX_DELAY: must not be below ENDPOINTING_MIN_DELAY "
@@ -266,6 +300,22 @@ class _Reader:
         except ValueError as e:
             self.problems.append(f"{name}: got {raw!r}; {e}")
             return default
+
+
+def _llm_url(env: _Reader, name: str) -> str | None:
+    """An http(s) URL of an OpenAI-compatible API, e.g. ``http://vllm:8000/v1``, or None."""
+    value = env.get(name)
+    if value is None:
+        return None
+    expected = "expected the http:// or https:// URL of an OpenAI-compatible API"
+    # Like every URL here it may carry credentials: describe it, never echo it.
+    error = _url_error(value)
+    if error is None and urlsplit(value).scheme.lower() not in LLM_URL_SCHEMES:
+        error = f"unsupported scheme {urlsplit(value).scheme!r}"
+    if error:
+        env.problems.append(f"{name}: {error}; {expected}")
+        return None
+    return value
 
 
 def _schemes() -> str:
@@ -372,3 +422,31 @@ def _groq_model(raw: str) -> str:
             f"Groq has retired this model; expected a current one such as {DEFAULT_GROQ_MODEL}"
         )
     return raw
+
+
+def _groq_models(raw: str) -> tuple[str, ...]:
+    """Comma-separated model names, in order, each once; ``none`` for no fallback."""
+    if raw.lower() == NO_FALLBACK:
+        return ()
+    expected = (
+        f"expected model names separated by commas, such as "
+        f"{','.join(DEFAULT_GROQ_FALLBACK_MODELS)}, or {NO_FALLBACK} for no fallback"
+    )
+    models: list[str] = []
+    for item in raw.split(","):
+        name = item.strip()
+        if not name or any(c.isspace() for c in name):
+            raise ValueError(expected)
+        if name in RETIRED_GROQ_MODELS:
+            raise ValueError(f"Groq has retired {name}; {expected}")
+        if name not in models:
+            models.append(name)
+    return tuple(models)
+
+
+def _attempt_timeout(raw: str) -> float:
+    expected = f"expected seconds above 0 and at most {MAX_GROQ_ATTEMPT_TIMEOUT:g}, such as 2"
+    value = _finite_float(raw, expected)
+    if not 0.0 < value <= MAX_GROQ_ATTEMPT_TIMEOUT:
+        raise ValueError(expected)
+    return value

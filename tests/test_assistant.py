@@ -15,6 +15,7 @@ from livekit.agents.voice.run_result import RunResult
 from livekit.plugins import deepgram, groq, silero
 
 import agent
+from llm_chain import ModelChain
 from settings import PROMPTS_DIR, Settings, load_settings
 from tests.scripted_llm import ScriptedLLM
 from tts_custom.knowlithictts import TTS as KnowlithicTTS
@@ -31,6 +32,9 @@ SETTINGS_VARIABLES = [
     "DEEPGRAM_MODEL",
     "DEEPGRAM_LANGUAGE",
     "GROQ_MODEL",
+    "GROQ_FALLBACK_MODELS",
+    "GROQ_ATTEMPT_TIMEOUT",
+    "GROQ_BASE_URL",
     "KNOWLITHIC_TTS_SERVER",
     "TTS_SERVER_URL",
     "KNOWLITHIC_API_KEY",
@@ -146,7 +150,14 @@ async def test_build_session_wires_every_component(monkeypatch: pytest.MonkeyPat
     try:
         assert isinstance(session.stt, deepgram.STT)
         assert session.stt.model == "nova-2"
-        assert isinstance(session.llm, groq.LLM)
+        # the configured model first, then the default fallbacks, all through the groq plugin
+        assert isinstance(session.llm, ModelChain)
+        assert session.llm.models == [
+            "openai/gpt-oss-20b",
+            "openai/gpt-oss-120b",
+            "llama-3.1-8b-instant",
+        ]
+        assert all(isinstance(m, groq.LLM) for m in session.llm._llm_instances)
         assert session.llm.model == "openai/gpt-oss-20b"
         assert session.tts is voice
         assert session.vad is vad

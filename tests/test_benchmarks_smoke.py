@@ -89,3 +89,11 @@ def test_opus_codec(capsys: pytest.CaptureFixture[str]) -> None:
 
     opus_codec.main(["--synthetic", "--seconds", "1", "--rounds", "1"])
     assert "encode CPU ms/s" in capsys.readouterr().out
+
+
+def test_llm_fallback(capsys: pytest.CaptureFixture[str]) -> None:
+    from bench import llm_fallback
+
+    llm_fallback.main(["--turns", "1", "--stall-turns", "1", "--attempt-timeout", "0.3"])
+    out = capsys.readouterr().out
+    assert "stall after a sentence" in out and "added to first text" in out

@@ -11,8 +11,11 @@ import pytest
 from livekit.plugins.groq.models import LLMModels
 
 from settings import (
+    DEFAULT_GROQ_ATTEMPT_TIMEOUT,
+    DEFAULT_GROQ_FALLBACK_MODELS,
     DEFAULT_GROQ_MODEL,
     PROMPTS_DIR,
+    RETIRED_GROQ_MODELS,
     ConfigError,
     Settings,
     available_prompts,
@@ -67,6 +70,9 @@ def test_defaults() -> None:
     assert s.deepgram_language == "multi"
     assert s.deepgram_filler_words is False
     assert s.groq_model == DEFAULT_GROQ_MODEL == "llama-3.3-70b-versatile"
+    assert s.groq_fallback_models == ("openai/gpt-oss-120b", "llama-3.1-8b-instant")
+    assert s.groq_base_url is None
+    assert s.groq_attempt_timeout == 2.0
     assert s.tts_server_url == "ws://localhost:8000"
     assert s.tts_api_key is None
     assert s.tts_voice == "elise"
@@ -86,6 +92,15 @@ def test_defaults() -> None:
 
 def test_default_groq_model_is_one_the_plugin_lists() -> None:
     assert DEFAULT_GROQ_MODEL in get_args(LLMModels)
+
+
+def test_default_fallback_models_are_current_plugin_models_other_than_the_primary() -> None:
+    assert DEFAULT_GROQ_FALLBACK_MODELS
+    for model in DEFAULT_GROQ_FALLBACK_MODELS:
+        assert model in get_args(LLMModels)
+        assert model not in RETIRED_GROQ_MODELS
+    assert DEFAULT_GROQ_MODEL not in DEFAULT_GROQ_FALLBACK_MODELS
+    assert len(set(DEFAULT_GROQ_FALLBACK_MODELS)) == len(DEFAULT_GROQ_FALLBACK_MODELS)
 
 
 def test_settings_are_frozen() -> None:
@@ -306,6 +321,75 @@ def test_a_tts_key_that_cannot_travel_in_a_header_is_refused_without_echoing_it(
     assert "header" in line and "s3cr3t" not in line
 
 
+def test_fallback_models_are_read_in_order_without_repeats_or_the_primary() -> None:
+    s = load(
+        GROQ_MODEL="qwen/qwen3-32b",
+        GROQ_FALLBACK_MODELS=" openai/gpt-oss-20b , qwen/qwen3-32b,llama-3.1-8b-instant,"
+        "openai/gpt-oss-20b",
+    )
+    assert s.groq_fallback_models == ("openai/gpt-oss-20b", "llama-3.1-8b-instant")
+    # the default list loses the primary too, when the primary is one of its models
+    assert load(GROQ_MODEL="llama-3.1-8b-instant").groq_fallback_models == ("openai/gpt-oss-120b",)
+
+
+@pytest.mark.parametrize("raw", ["none", "None", " NONE "])
+def test_none_means_no_fallback(raw: str) -> None:
+    assert load(GROQ_FALLBACK_MODELS=raw).groq_fallback_models == ()
+
+
+def test_a_blank_fallback_list_keeps_the_default_like_every_blank_variable() -> None:
+    assert load(GROQ_FALLBACK_MODELS=" ").groq_fallback_models == DEFAULT_GROQ_FALLBACK_MODELS
+
+
+@pytest.mark.parametrize("raw", ["a,,b", ",a", "llama 3", "a;b c"])
+def test_a_malformed_fallback_list_is_refused(raw: str) -> None:
+    line = problem_for("GROQ_FALLBACK_MODELS", GROQ_FALLBACK_MODELS=raw)
+    assert "separated by commas" in line and "none" in line
+
+
+def test_a_retired_fallback_model_is_refused_by_name() -> None:
+    line = problem_for("GROQ_FALLBACK_MODELS", GROQ_FALLBACK_MODELS="qwen/qwen3-32b,llama3-8b-8192")
+    assert "retired llama3-8b-8192" in line
+
+
+@pytest.mark.parametrize(
+    "url", ["http://localhost:8000/v1", "https://gateway.example/openai/v1", "HTTPS://h.example"]
+)
+def test_an_openai_compatible_base_url_is_accepted(url: str) -> None:
+    assert load(GROQ_BASE_URL=url).groq_base_url == url
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("ws://localhost:8000", "unsupported scheme"),
+        ("localhost:8000/v1", "no scheme"),
+        ("http://", "no host"),
+        ("http://h.example:port", "not a valid URL"),
+    ],
+)
+def test_a_base_url_that_is_not_http_is_refused(url: str, why: str) -> None:
+    assert why in problem_for("GROQ_BASE_URL", GROQ_BASE_URL=url)
+
+
+def test_a_base_url_with_credentials_is_never_echoed() -> None:
+    url = "ftp://user:s3cr3t-pw@gateway.example/v1"
+    line = problem_for("GROQ_BASE_URL", GROQ_BASE_URL=url)
+    assert "s3cr3t" not in line
+    assert "s3cr3t" not in repr(load(GROQ_BASE_URL="https://user:s3cr3t-pw@gateway.example/v1"))
+
+
+@pytest.mark.parametrize(("raw", "seconds"), [("0.5", 0.5), ("2", 2.0), ("30", 30.0)])
+def test_the_attempt_timeout_is_read(raw: str, seconds: float) -> None:
+    assert load(GROQ_ATTEMPT_TIMEOUT=raw).groq_attempt_timeout == seconds
+    assert DEFAULT_GROQ_ATTEMPT_TIMEOUT == 2.0
+
+
+@pytest.mark.parametrize("raw", ["0", "-1", "31", "inf", "nan", "soon"])
+def test_an_attempt_timeout_must_be_a_bounded_positive_duration(raw: str) -> None:
+    assert "at most 30" in problem_for("GROQ_ATTEMPT_TIMEOUT", GROQ_ATTEMPT_TIMEOUT=raw)
+
+
 def test_retired_groq_model_is_refused() -> None:
     line = problem_for("GROQ_MODEL", GROQ_MODEL="llama3-8b-8192")
     assert "retired" in line
@@ -411,7 +495,13 @@ def _example_defaults() -> list[tuple[str, str, str]]:
 def test_the_example_env_states_the_code_s_defaults() -> None:
     # a default changed in settings.py and not in .env.example would mislead every deployer
     stated = {name: (value, default) for name, value, default in _example_defaults()}
-    assert {"VAD_MIN_SILENCE_DURATION", "ENDPOINTING_MIN_DELAY", "GROQ_MODEL"} <= set(stated)
+    assert {
+        "VAD_MIN_SILENCE_DURATION",
+        "ENDPOINTING_MIN_DELAY",
+        "GROQ_MODEL",
+        "GROQ_FALLBACK_MODELS",
+        "GROQ_ATTEMPT_TIMEOUT",
+    } <= set(stated)
     default = load()
     for name, (value, said) in stated.items():
         if said == "none":
