@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import pty
 import signal
 import sys
 import wave
@@ -247,3 +250,35 @@ async def test_a_short_text_shows_no_progress(server: FakeKnowlithicServer, tmp_
         "One. Two. Three. Four.", "--url", server.url, "-o", str(tmp_path / "x.wav")
     )
     assert (code, err) == (0, "")
+
+
+async def test_on_a_terminal_the_progress_is_one_line_rewritten_then_cleared(
+    server: FakeKnowlithicServer, tmp_path: Path
+) -> None:
+    controller, terminal = pty.openpty()  # a real terminal for stderr
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "tts_custom.say",
+            LONG_TEXT,
+            "--url",
+            server.url,
+            "-o",
+            str(tmp_path / "x.wav"),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=terminal,
+        )
+        os.close(terminal)
+        out, _ = await asyncio.wait_for(proc.communicate(), 60)
+        shown = bytearray()
+        with contextlib.suppress(OSError):  # EIO once the terminal's last writer is gone
+            while chunk := os.read(controller, 65536):
+                shown += chunk
+    finally:
+        os.close(controller)
+    assert proc.returncode == 0 and out.startswith(b"wrote ")
+    text = shown.decode()
+    assert "\n" not in text  # rewritten in place, never scrolled
+    assert "sentence 7/7, " in text
+    assert text.endswith("\r\x1b[K")  # cleared before the result line
