@@ -101,17 +101,19 @@ class LinkWatch:
             return None
         return f"{self._prog}: {self._failure}"
 
-    def run_failed(self, error: BaseException) -> None:
-        """``AgentServer.run()`` raised: the framework gave up on LiveKit, or failed otherwise."""
+    def run_failed(self, error: BaseException) -> bool:
+        """``AgentServer.run()`` raised: whether it was the framework giving up on LiveKit
+        (else something else failed, which the framework's own log should show in full)."""
         if self._failure is not None:  # our own deadline already stopped it
-            return
-        if self._failed_after_retries:
+            return True
+        if _is_give_up(error) or self._failed_after_retries:
             self._failure = (
                 f"cannot reach LIVEKIT_URL ({self._host}): {describe_error(self._last_error)}; "
                 "the framework gave up retrying"
             )
-        else:
-            self._failure = f"the worker failed: {type(error).__name__}"
+            return True
+        self._failure = f"the worker failed ({type(error).__name__}; the log above says why)"
+        return False
 
     def _note_retry(self, record: logging.LogRecord) -> bool:
         # The framework's retry warning carries the attempt's exception as ``error``.
@@ -174,5 +176,7 @@ class WatchedAgentServer(AgentServer):
         except Exception as e:
             if self.link is None:
                 raise
-            # Recorded, not re-raised: main() prints the one line instead of the CLI's traceback.
-            self.link.run_failed(e)
+            # A LiveKit give-up is recorded, not re-raised: main() prints the one line instead
+            # of the CLI's traceback.  Anything else keeps the framework's full log.
+            if not self.link.run_failed(e):
+                raise

@@ -199,3 +199,21 @@ def test_the_url_is_shown_without_credentials_path_or_query() -> None:
         "wss://lk.example.com"
     )
     assert describe_url("ws://[::1]:7880") == "ws://[::1]:7880"
+
+
+async def test_start_exits_1_when_the_worker_fails_otherwise(tmp_path: Path) -> None:
+    # Its health port held by another program: the framework logs why and would exit 0.
+    with socket.socket() as holder:
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            holder.bind(("0.0.0.0", HEALTH_PORT))
+        except OSError:
+            pytest.fail(f"port {HEALTH_PORT} is taken: stop the other worker using it")
+        holder.listen(1)
+        async with closed_port() as url:
+            run = await run_worker("start", url, tmp_path, give_up_s=GIVE_UP_S)
+    assert run.returncode == 1, run.stderr
+    assert run.stderr_lines[-1][1] == (
+        "agent.py start: the worker failed (OSError; the log above says why)"
+    )
+    assert '"message": "worker failed"' in run.stdout  # the framework's own account, kept
