@@ -28,9 +28,10 @@ from urllib.parse import urlsplit
 import aiohttp
 from livekit.agents import AgentServer
 
-# When a worker still trying to connect says so: past the framework's first four quick
-# attempts (0, 2, 4 and 6 s apart), well before anyone wonders why nothing happens.
-NOTICE_AFTER_S: Final = 15.0
+# When a worker still trying to connect says so, counted from main(), which the imports delay
+# by 2-4 s: within 15 s of the command, after the framework's first attempts (0, 2 and 4 s
+# apart, from when the job processes are up, 3-5 s into main()).
+NOTICE_AFTER_S: Final = 10.0
 _FRAMEWORK_LOGGER: Final = "livekit.agents"
 
 
@@ -83,7 +84,7 @@ class LinkWatch:
         self._prog = prog  # "agent.py dev"
         self._host = describe_url(url)
         self._give_up_after = give_up_after
-        self._started_at = 0.0
+        self._created_at = time.monotonic()  # both bounds count from here
         self._ever_registered = False
         self._last_error: BaseException | None = None
         self._failed_after_retries = False
@@ -129,7 +130,6 @@ class LinkWatch:
         return True
 
     def _on_started(self, *_: Any) -> None:
-        self._started_at = time.monotonic()
         self._task = asyncio.get_running_loop().create_task(self._watch(), name="livekit_link")
 
     def _on_registered(self, *_: Any) -> None:
@@ -139,7 +139,7 @@ class LinkWatch:
 
     async def _watch(self) -> None:
         if self._give_up_after > NOTICE_AFTER_S:
-            await asyncio.sleep(NOTICE_AFTER_S)
+            await asyncio.sleep(max(0.0, self._created_at + NOTICE_AFTER_S - time.monotonic()))
             if not self._ever_registered:
                 print(
                     f"{self._prog}: cannot reach LIVEKIT_URL ({self._host}) yet: "
@@ -148,7 +148,7 @@ class LinkWatch:
                     file=sys.stderr,
                     flush=True,
                 )
-        await asyncio.sleep(max(0.0, self._started_at + self._give_up_after - time.monotonic()))
+        await asyncio.sleep(max(0.0, self._created_at + self._give_up_after - time.monotonic()))
         # Only the first connection is bounded here: a connection lost later is the framework's
         # to retry (its 16 attempts), and run_failed() hears when it gives up.
         if self._ever_registered or self._failure is not None:

@@ -30,7 +30,7 @@ from tests.fake_livekit import API_SECRET, worker_env
 from tests.test_worker_drain import HEALTH_PORT, port_is_free
 
 AGENT = Path(agent.__file__).resolve()
-GIVE_UP_S = 20  # LIVEKIT_CONNECT_TIMEOUT for the quick runs: past the 15 s notice
+GIVE_UP_S = 20  # LIVEKIT_CONNECT_TIMEOUT for the quick runs: past the notice (10 s into main)
 NOTICE_BOUND_S = 45.0  # generous: imports and job processes start on a shared machine
 EXIT_BOUND_S = 90.0
 
