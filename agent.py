@@ -40,9 +40,11 @@ from livekit.agents.vad import VAD
 from livekit.agents.voice.agent_session import SessionConnectOptions
 from livekit.plugins import deepgram, noise_cancellation, silero
 
+from livekit_link import LinkWatch, WatchedAgentServer
 from llm_chain import build_chain
 from settings import ConfigError, Settings, load_settings
 from tts_custom.knowlithictts import TTS as KnowlithicTTS
+from voice_language import check_voice_language
 
 logger = logging.getLogger("agent")
 
@@ -126,7 +128,7 @@ def build_turn_handling(settings: Settings) -> TurnHandlingOptions:
         # livekit-local-inference: no download, no network.  Left unpinned, the framework picks
         # the cloud "v1" model in dev mode, which only LiveKit Cloud serves.  The model listens
         # to audio rather than reading text, and languages without a tuned threshold use the
-        # English one, so it suits DEEPGRAM_LANGUAGE=multi.
+        # English one, so it also serves a DEEPGRAM_LANGUAGE other than the default en.
         turn_detection=inference.TurnDetector(version="v1-mini"),
         endpointing={
             "min_delay": settings.endpointing_min_delay,
@@ -273,7 +275,7 @@ def worker_load(server: AgentServer) -> float:
     return combined_load(len(server.active_jobs), _cpu.share())
 
 
-server = AgentServer(
+server = WatchedAgentServer(
     setup_fnc=setup_process,
     load_fnc=worker_load,
     load_threshold=LOAD_THRESHOLD,
@@ -373,7 +375,7 @@ def main() -> None:
         print(f"{Path(sys.argv[0]).name} console: {problem}", file=sys.stderr)
         sys.exit(1)
     try:
-        check_config(sys.argv[1:], os.environ)
+        settings = check_config(sys.argv[1:], os.environ)
     except ConfigError as e:
         # The framework would start anyway (and exit 0 without a LiveKit URL): stop here with
         # the whole list, before any process is spawned.
@@ -384,7 +386,29 @@ def main() -> None:
             file=sys.stderr,
         )
         sys.exit(1)
-    cli.run_app(server)
+    prog = f"{Path(sys.argv[0]).name} {sys.argv[1]}" if settings is not None else ""
+    if settings is not None and (
+        mismatch := check_voice_language(
+            settings.deepgram_language,
+            settings.tts_server_url,
+            settings.tts_voice,
+            settings.tts_api_key,
+        )
+    ):
+        print(f"{prog}: warning: {mismatch}", file=sys.stderr, flush=True)
+    if settings is not None and settings.livekit_url is not None:  # dev, start, connect
+        server.link = LinkWatch(
+            prog,
+            settings.livekit_url,
+            give_up_after=settings.livekit_connect_timeout,
+        )
+        server.link.attach(server)
+    try:
+        cli.run_app(server)  # ends in SystemExit(0) even when the worker gave up
+    finally:
+        if server.link is not None and (line := server.link.verdict()) is not None:
+            print(line, file=sys.stderr, flush=True)
+            sys.exit(1)  # replaces the CLI's exit 0
 
 
 if __name__ == "__main__":

@@ -56,6 +56,9 @@ DEFAULT_GROQ_ATTEMPT_TIMEOUT: Final = 2.0
 MAX_GROQ_ATTEMPT_TIMEOUT: Final = 30.0
 LLM_URL_SCHEMES: Final = ("http", "https")
 
+# English, as the bundled voice speaks: "multi" would transcribe callers in languages the voice
+# cannot answer in.  agent.py warns at start-up when the configured voice and this disagree.
+DEFAULT_DEEPGRAM_LANGUAGE: Final = "en"
 DEFAULT_TTS_SERVER: Final = "ws://localhost:8000"
 # The longest a TTS fault (a server restarting, a silent server, a dropped socket) may keep
 # the caller in silence before the session hears of it, every retry included.  A restart of
@@ -65,6 +68,12 @@ DEFAULT_TTS_SERVER: Final = "ws://localhost:8000"
 DEFAULT_TTS_TIMEOUT: Final = 5.0
 MAX_TTS_TIMEOUT: Final = 60.0
 DEFAULT_PROMPT: Final = "avery"
+# How long `dev` and `start` try to reach LiveKit before they exit 1.  The framework gives up by
+# itself after 16 attempts (about 130 s of waits when refused); this bounds the case it does
+# not, a server that accepts and never answers (5 minutes per attempt), and lets the first
+# connection fail sooner where a supervisor restarts the worker anyway.
+DEFAULT_LIVEKIT_CONNECT_TIMEOUT: Final = 150.0
+MAX_LIVEKIT_CONNECT_TIMEOUT: Final = 3600.0
 
 _TRUE: Final = frozenset({"true", "1", "yes"})
 _FALSE: Final = frozenset({"false", "0", "no"})
@@ -97,6 +106,7 @@ class Settings:
     livekit_url: str | None
     livekit_api_key: str | None = field(repr=False)
     livekit_api_secret: str | None = field(repr=False)
+    livekit_connect_timeout: float
 
     deepgram_api_key: str = field(repr=False)
     deepgram_model: str
@@ -169,9 +179,12 @@ def load_settings(
         livekit_api_secret=env.secret(
             "LIVEKIT_API_SECRET", "the LiveKit API secret", required=require_livekit
         ),
+        livekit_connect_timeout=env.parse(
+            "LIVEKIT_CONNECT_TIMEOUT", DEFAULT_LIVEKIT_CONNECT_TIMEOUT, _connect_timeout
+        ),
         deepgram_api_key=env.secret("DEEPGRAM_API_KEY", "your Deepgram API key") or "",
         deepgram_model=env.text("DEEPGRAM_MODEL", "nova-3"),
-        deepgram_language=env.text("DEEPGRAM_LANGUAGE", "multi"),
+        deepgram_language=env.text("DEEPGRAM_LANGUAGE", DEFAULT_DEEPGRAM_LANGUAGE),
         deepgram_filler_words=env.parse("DEEPGRAM_FILLER_WORDS", False, _boolean),
         groq_api_key=env.secret("GROQ_API_KEY", "your Groq API key") or "",
         groq_model=env.parse("GROQ_MODEL", DEFAULT_GROQ_MODEL, _groq_model),
@@ -390,6 +403,14 @@ def _timeout(raw: str) -> float:
     expected = f"expected seconds above 0 and at most {MAX_TTS_TIMEOUT:g}, such as 5"
     value = _finite_float(raw, expected)
     if not 0.0 < value <= MAX_TTS_TIMEOUT:
+        raise ValueError(expected)
+    return value
+
+
+def _connect_timeout(raw: str) -> float:
+    expected = f"expected seconds above 0 and at most {MAX_LIVEKIT_CONNECT_TIMEOUT:g}, such as 150"
+    value = _finite_float(raw, expected)
+    if not 0.0 < value <= MAX_LIVEKIT_CONNECT_TIMEOUT:
         raise ValueError(expected)
     return value
 

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import pty
+import signal
 import sys
 import wave
 from pathlib import Path
@@ -10,7 +14,9 @@ from pathlib import Path
 import av
 import pytest
 
+import knowlithic_protocol as protocol
 from tests.fake_knowlithic import FakeKnowlithicServer, speech_for
+from tests.plugin_helpers import eventually
 from tts_custom import say
 
 
@@ -141,3 +147,138 @@ async def test_an_output_path_that_cannot_be_written_is_refused_before_speaking(
         assert code == 2
         assert err.startswith(f"error: cannot write {target}") and err.count("\n") == 1
     assert not server.received.requests  # nothing synthesized for nothing
+
+
+# --- every error is one line, through real sockets ----------------------------
+
+
+def one_line_error(code: int, err: str, expected_code: int = 1) -> str:
+    assert code == expected_code, err
+    assert err.count("\n") == 1 and err.startswith("error: "), err
+    assert "Traceback" not in err and "status_code=" not in err and "retryable" not in err
+    return err
+
+
+async def test_a_refused_key_is_one_line(server: FakeKnowlithicServer, tmp_path: Path) -> None:
+    server.behavior.api_key = "the-right-key"
+    target = tmp_path / "x.wav"
+    code, _, err = await run_say("Hello.", "--url", server.url, "-o", str(target))
+    assert "check KNOWLITHIC_API_KEY" in one_line_error(code, err)
+    assert not target.exists()
+
+
+async def test_an_unknown_voice_is_one_line(server: FakeKnowlithicServer, tmp_path: Path) -> None:
+    target = tmp_path / "x.wav"
+    code, _, err = await run_say("Hello.", "--url", server.url, "--voice", "zed", "-o", str(target))
+    line = one_line_error(code, err)
+    assert "voice 'zed'" in line and "elise, joe" in line
+    assert not target.exists()
+
+
+@pytest.mark.parametrize("fmt", ["wav", "opus"])
+async def test_a_server_error_mid_text_is_one_line_and_writes_nothing(
+    server: FakeKnowlithicServer, tmp_path: Path, fmt: str
+) -> None:
+    text = "First one. Second one. Third one."
+    failing = text if fmt == "opus" else "Third one."  # opus: the whole text is one request
+    server.behavior.error_for = {failing: protocol.Error(None, "internal", "engine crashed")}
+    target = tmp_path / "x.out"
+    code, _, err = await run_say(text, "--url", server.url, "--format", fmt, "-o", str(target))
+    assert "engine crashed" in one_line_error(code, err)
+    assert not target.exists()
+
+
+async def test_the_dead_server_error_is_one_line(tmp_path: Path) -> None:
+    code, _, err = await run_say(
+        "Hello.", "--url", "ws://127.0.0.1:9", "-o", str(tmp_path / "x.wav")
+    )
+    assert "cannot connect" in one_line_error(code, err)
+
+
+@pytest.mark.parametrize("fmt", ["wav", "opus"])
+async def test_ctrl_c_while_speaking_is_one_line_and_writes_nothing(
+    server: FakeKnowlithicServer, tmp_path: Path, fmt: str
+) -> None:
+    server.behavior.stall = True  # the request is taken and never answered
+    target = tmp_path / "x.out"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tts_custom.say",
+        "Hello there.",
+        "--url",
+        server.url,
+        "--format",
+        fmt,
+        "-o",
+        str(target),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    await eventually(lambda: bool(server.received.requests), timeout=30)  # speaking has begun
+    proc.send_signal(signal.SIGINT)
+    _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode is not None
+    assert one_line_error(proc.returncode, err.decode(), 130) == (
+        "error: interrupted; nothing written\n"
+    )
+    assert not target.exists()
+
+
+# --- progress ------------------------------------------------------------------
+
+LONG_TEXT = " ".join(f"This is sentence number {i} of a long text." for i in range(1, 8))
+
+
+async def test_a_long_text_shows_its_progress_by_sentence(
+    server: FakeKnowlithicServer, tmp_path: Path
+) -> None:
+    code, out, err = await run_say(LONG_TEXT, "--url", server.url, "-o", str(tmp_path / "x.wav"))
+    assert code == 0, err
+    lines = err.splitlines()
+    assert lines and all(line.startswith("sentence ") for line in lines), err
+    assert lines[-1].startswith("sentence 7/7, ") and lines[-1].endswith(" s of audio so far")
+    reached = [int(line.split()[1].split("/")[0]) for line in lines]
+    assert reached == sorted(set(reached))  # one line per sentence reached, in order
+    seconds = [float(line.split(", ")[1].split()[0]) for line in lines]
+    assert seconds == sorted(seconds)
+    assert out.startswith("wrote ")
+
+
+async def test_a_short_text_shows_no_progress(server: FakeKnowlithicServer, tmp_path: Path) -> None:
+    code, _, err = await run_say(
+        "One. Two. Three. Four.", "--url", server.url, "-o", str(tmp_path / "x.wav")
+    )
+    assert (code, err) == (0, "")
+
+
+async def test_on_a_terminal_the_progress_is_one_line_rewritten_then_cleared(
+    server: FakeKnowlithicServer, tmp_path: Path
+) -> None:
+    controller, terminal = pty.openpty()  # a real terminal for stderr
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "tts_custom.say",
+            LONG_TEXT,
+            "--url",
+            server.url,
+            "-o",
+            str(tmp_path / "x.wav"),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=terminal,
+        )
+        os.close(terminal)
+        out, _ = await asyncio.wait_for(proc.communicate(), 60)
+        shown = bytearray()
+        with contextlib.suppress(OSError):  # EIO once the terminal's last writer is gone
+            while chunk := os.read(controller, 65536):
+                shown += chunk
+    finally:
+        os.close(controller)
+    assert proc.returncode == 0 and out.startswith(b"wrote ")
+    text = shown.decode()
+    assert "\n" not in text  # rewritten in place, never scrolled
+    assert "sentence 7/7, " in text
+    assert text.endswith("\r\x1b[K")  # cleared before the result line

@@ -67,7 +67,8 @@ def test_defaults() -> None:
     s = load()
     assert s.livekit_url == "wss://example.livekit.cloud"
     assert s.deepgram_model == "nova-3"
-    assert s.deepgram_language == "multi"
+    assert s.deepgram_language == "en"
+    assert s.livekit_connect_timeout == 150.0
     assert s.deepgram_filler_words is False
     assert s.groq_model == DEFAULT_GROQ_MODEL == "llama-3.3-70b-versatile"
     assert s.groq_fallback_models == ("openai/gpt-oss-120b", "llama-3.1-8b-instant")
@@ -518,3 +519,13 @@ def test_the_worker_accepts_exactly_the_urls_the_plugin_does() -> None:
     assert "KNOWLITHIC_TTS_SERVER" in problem_for(
         "KNOWLITHIC_TTS_SERVER", KNOWLITHIC_TTS_SERVER="ftp://tts.example"
     )
+
+
+@pytest.mark.parametrize("raw", ["0", "-5", "3601", "soon", "inf"])
+def test_a_livekit_connect_timeout_must_be_a_bounded_positive_duration(raw: str) -> None:
+    line = problem_for("LIVEKIT_CONNECT_TIMEOUT", LIVEKIT_CONNECT_TIMEOUT=raw)
+    assert "at most 3600" in line
+
+
+def test_a_livekit_connect_timeout_is_read_in_seconds() -> None:
+    assert load(LIVEKIT_CONNECT_TIMEOUT="20").livekit_connect_timeout == 20.0

@@ -14,16 +14,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
+import signal
 import sys
 import time
 import wave
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final, TextIO, TypeVar
 
 import aiohttp
-from livekit.agents import APIConnectOptions, APIError, APIStatusError
+from livekit.agents import APIConnectOptions, APIError, APIStatusError, tokenize
+from livekit.agents.types import USERDATA_TIMED_TRANSCRIPT
 
 import knowlithic_protocol as protocol
 from knowlithic_protocol import formats
@@ -39,6 +43,57 @@ from .knowlithictts import (
 from .transport import ConnectionLost
 from .ws_transport import connect
 
+T = TypeVar("T")
+# A text of this many sentences or more shows its progress on stderr (on a terminal, one line
+# rewritten in place; otherwise a line per sentence).  Shorter ones finish before anyone waits.
+PROGRESS_MIN_SENTENCES: Final = 5
+
+
+class Progress:
+    """``sentence k/n, X s of audio so far`` on stderr as the audio arrives.
+
+    The plugin marks each word in the audio (the word timings the agent's captions use), so
+    the count of non-blank characters marked so far says which of the text's sentences (split
+    by the plugin's own tokenizer) the audio has reached.
+    """
+
+    def __init__(self, text: str, out: TextIO) -> None:
+        sentences = tokenize.blingfire.SentenceTokenizer().tokenize(text)
+        self._ends: list[int] = []
+        total = 0
+        for sentence in sentences:
+            total += _letters(sentence)
+            self._ends.append(total)
+        self._out = out
+        self._tty = out.isatty()
+        self._spoken = 0
+        self._shown = 0
+        self.enabled = len(self._ends) >= PROGRESS_MIN_SENTENCES
+
+    def update(self, words: Sequence[str], audio_seconds: float) -> None:
+        if not self.enabled:
+            return
+        self._spoken += sum(_letters(w) for w in words)
+        done = sum(1 for end in self._ends if end <= self._spoken)
+        if done == self._shown:
+            return
+        self._shown = done
+        line = f"sentence {done}/{len(self._ends)}, {audio_seconds:.1f} s of audio so far"
+        if self._tty:
+            self._out.write(f"\r\x1b[K{line}")
+        else:
+            self._out.write(line + "\n")
+        self._out.flush()
+
+    def close(self) -> None:
+        if self.enabled and self._tty and self._shown:
+            self._out.write("\r\x1b[K")  # the result line replaces it
+            self._out.flush()
+
+
+def _letters(text: str) -> int:
+    return sum(1 for c in text if not c.isspace())
+
 
 @dataclass(frozen=True)
 class Spoken:
@@ -48,11 +103,14 @@ class Spoken:
     total: float
 
 
-async def speak(text: str, tts: TTS, *, timeout: float = 10.0) -> Spoken:
+async def speak(
+    text: str, tts: TTS, *, timeout: float = 10.0, progress: Progress | None = None
+) -> Spoken:
     """Stream ``text`` through ``tts`` and collect its audio."""
     started = time.perf_counter()
     first_audio = 0.0
     chunks: list[bytes] = []
+    samples = 0
     options = APIConnectOptions(max_retry=1, timeout=timeout)
     async with tts.stream(conn_options=options) as stream:
         stream.push_text(text)
@@ -61,6 +119,10 @@ async def speak(text: str, tts: TTS, *, timeout: float = 10.0) -> Spoken:
             if not chunks:
                 first_audio = time.perf_counter() - started
             chunks.append(ev.frame.data.tobytes())
+            samples += ev.frame.samples_per_channel
+            if progress is not None:
+                words = ev.frame.userdata.get(USERDATA_TIMED_TRANSCRIPT) or []
+                progress.update([str(w) for w in words], samples / tts.sample_rate)
     return Spoken(b"".join(chunks), tts.sample_rate, first_audio, time.perf_counter() - started)
 
 
@@ -161,11 +223,9 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
 async def _main(args: argparse.Namespace) -> int:
     text = sys.stdin.read() if args.text == "-" else args.text
     if not text.strip():
-        print("nothing to say: the text is empty", file=sys.stderr)
-        return 2
+        return _fail("nothing to say: the text is empty", 2)
     if (problem := _unwritable(args.output)) is not None:
-        print(f"error: cannot write {args.output}: {problem}", file=sys.stderr)
-        return 2
+        return _fail(f"cannot write {args.output}: {problem}", 2)
     url = args.url or next(
         (v for name in BASE_URL_ENV_VARS if (v := os.environ.get(name))), "ws://localhost:8000"
     )
@@ -177,19 +237,24 @@ async def _main(args: argparse.Namespace) -> int:
             voice=args.voice,
             sample_rate=args.sample_rate,
             output_format=args.format,
-            word_timestamps=False,
+            word_timestamps=True,  # the progress counts the words the audio has reached
         )
     except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return _fail(str(e), 2)
+    progress = Progress(text, sys.stderr)
     try:
-        spoken = await speak(text, tts)
+        spoken = await _interruptible(speak(text, tts, progress=progress))
     except APIError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        return _fail(e.message, 1)
+    except _Interrupted:
+        return _fail("interrupted; nothing written", 130)
     finally:
+        progress.close()
         await tts.aclose()
-    write_wav(args.output, spoken.pcm, spoken.sample_rate)
+    try:
+        write_wav(args.output, spoken.pcm, spoken.sample_rate)
+    except OSError as e:
+        return _fail(f"cannot write {args.output}: {e.strerror or type(e).__name__}", 1)
     seconds = len(spoken.pcm) / 2 / spoken.sample_rate
     print(
         f"wrote {args.output}: {seconds:.2f} s of audio at {spoken.sample_rate} Hz; "
@@ -212,13 +277,21 @@ def _unwritable(path: Path) -> str | None:
 
 async def _receive_opus(args: argparse.Namespace, text: str, url: str) -> int:
     try:
-        received = await receive_stream(
-            url, text, voice=args.voice, sample_rate=args.sample_rate, output_format="opus"
+        received = await _interruptible(
+            receive_stream(
+                url, text, voice=args.voice, sample_rate=args.sample_rate, output_format="opus"
+            )
         )
-    except (APIError, formats.AudioFormatError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    args.output.write_bytes(received.payloads)
+    except APIError as e:
+        return _fail(e.message, 1)
+    except (formats.AudioFormatError, ValueError) as e:
+        return _fail(str(e), 1)
+    except _Interrupted:
+        return _fail("interrupted; nothing written", 130)
+    try:
+        args.output.write_bytes(received.payloads)
+    except OSError as e:
+        return _fail(f"cannot write {args.output}: {e.strerror or type(e).__name__}", 1)
     kbits = len(received.payloads) * 8 / received.seconds / 1000 if received.seconds else 0.0
     print(
         f"wrote {args.output}: {received.seconds:.2f} s of Ogg Opus audio at "
@@ -228,7 +301,40 @@ async def _receive_opus(args: argparse.Namespace, text: str, url: str) -> int:
     return 0
 
 
+class _Interrupted(Exception):
+    """Ctrl-C while speaking."""
+
+
+async def _interruptible(work: Awaitable[T]) -> T:
+    """``work``, cancelled cleanly (connections closed) on Ctrl-C instead of a traceback."""
+    task = asyncio.ensure_future(work)
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGINT, task.cancel)
+    try:
+        return await task
+    except asyncio.CancelledError:
+        if task.cancelled() and not _current_cancelling():
+            raise _Interrupted from None
+        raise
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
+
+
+def _current_cancelling() -> int:
+    current = asyncio.current_task()
+    return current.cancelling() if current is not None else 0
+
+
+def _fail(message: str, code: int) -> int:
+    """Every error is one line: no traceback, no error object's fields."""
+    print("error: " + " ".join(message.split()), file=sys.stderr)
+    return code
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    # The tool says what went wrong itself, in one line; the framework's and the plugin's
+    # log records (retries, "TTS failed after partial audio") would only repeat it.
+    logging.getLogger().addHandler(logging.NullHandler())
     return asyncio.run(_main(_parse(argv)))
 
 
