@@ -15,6 +15,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 
+from tts_custom.knowlithictts import split_urls
+
 # Start-up waits at most this long for the answer; a local server answers in milliseconds.
 LOOKUP_TIMEOUT_S: Final = 2.0
 _HTTP_SCHEMES: Final = {"ws": "http", "wss": "https", "http": "http", "https": "https"}
@@ -76,6 +78,8 @@ def mismatch(deepgram_language: str, voice: str, voice_language: str | None) -> 
 def check_voice_language(
     deepgram_language: str, tts_server_url: str, voice: str, api_key: str | None
 ) -> str | None:
-    """The mismatch line, asking the server; blocking, for start-up before the event loop."""
-    language = asyncio.run(fetch_voice_language(tts_server_url, voice, api_key))
+    """The mismatch line, asking the (first) server; blocking, for start-up before the event
+    loop.  Every server of a list serves the same voices."""
+    first = split_urls(tts_server_url)[0]
+    language = asyncio.run(fetch_voice_language(first, voice, api_key))
     return mismatch(deepgram_language, voice, language)

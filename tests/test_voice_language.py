@@ -11,7 +11,7 @@ import pytest
 
 from tests.server_process import ServerProcess
 from tests.test_livekit_exit import closed_port, run_worker
-from voice_language import fetch_voice_language, mismatch
+from voice_language import check_voice_language, fetch_voice_language, mismatch
 
 
 @pytest.fixture
@@ -55,6 +55,12 @@ async def test_dev_warns_when_the_voice_cannot_speak_the_language_heard(
     (line,) = lines
     assert line.startswith(f"agent.py dev: warning: DEEPGRAM_LANGUAGE={language}")
     assert "KNOWLITHIC_VOICE=elise speaks en_US" in line
+
+
+def test_with_several_servers_the_first_is_asked(tts_server: ServerProcess) -> None:
+    listed = f"{tts_server.url},ws://127.0.0.1:9"
+    line = check_voice_language("es", listed, "elise", None)
+    assert line is not None and "KNOWLITHIC_VOICE=elise speaks en_US" in line
 
 
 def test_the_mismatch_line_names_both_variables() -> None:
