@@ -45,6 +45,17 @@ DEFAULT_TTS_SERVER: Final = "ws://localhost:8000"
 # takes well under 0.5 s (docs/benchmarks.md).  docs/reliability.md has the reasoning.
 DEFAULT_TTS_TIMEOUT: Final = 5.0
 MAX_TTS_TIMEOUT: Final = 60.0
+# When no TTS server can speak at all (the fault outlasted KNOWLITHIC_TIMEOUT), the caller hears
+# a prepared apology and the call waits this long, from the failure, for a server to speak
+# again before it says goodbye and ends (call_policy/outage.py, docs/reliability.md).  15 s
+# holds a server restart (1-2 s) several times over and the 4 s apology, yet ends the call
+# before a caller left hanging gives up on their own.
+DEFAULT_TTS_OUTAGE_WAIT: Final = 15.0
+MAX_TTS_OUTAGE_WAIT: Final = 120.0
+# ...and the longest pause between two checks that a server can speak again: checks start
+# 0.5 s apart and double up to this.
+DEFAULT_TTS_PROBE_INTERVAL: Final = 2.0
+MAX_TTS_PROBE_INTERVAL: Final = 30.0
 DEFAULT_PROMPT: Final = "avery"
 
 _TRUE: Final = frozenset({"true", "1", "yes"})
@@ -93,6 +104,8 @@ class Settings:
     tts_sample_rate: int
     tts_output_format: OutputFormat
     tts_timeout: float
+    tts_outage_wait: float
+    tts_probe_interval: float
 
     vad_activation_threshold: float
     vad_min_speech_duration: float
@@ -157,6 +170,10 @@ def load_settings(
         tts_sample_rate=env.parse("KNOWLITHIC_SAMPLE_RATE", 16000, _sample_rate),
         tts_output_format=env.parse("KNOWLITHIC_OUTPUT_FORMAT", "wav", _output_format),
         tts_timeout=env.parse("KNOWLITHIC_TIMEOUT", DEFAULT_TTS_TIMEOUT, _timeout),
+        tts_outage_wait=env.parse("TTS_OUTAGE_WAIT", DEFAULT_TTS_OUTAGE_WAIT, _outage_wait),
+        tts_probe_interval=env.parse(
+            "TTS_PROBE_INTERVAL", DEFAULT_TTS_PROBE_INTERVAL, _probe_interval
+        ),
         vad_activation_threshold=env.parse("VAD_ACTIVATION_THRESHOLD", 0.5, _probability),
         vad_min_speech_duration=env.parse("VAD_MIN_SPEECH_DURATION", 0.05, _seconds),
         vad_min_silence_duration=env.parse("VAD_MIN_SILENCE_DURATION", 0.3, _seconds),
@@ -174,6 +191,11 @@ def load_settings(
         env.problems.append(
             "ENDPOINTING_MAX_DELAY: must not be below ENDPOINTING_MIN_DELAY "
             f"({settings.endpointing_min_delay:g} s)"
+        )
+    if settings.tts_probe_interval > settings.tts_outage_wait:
+        env.problems.append(
+            "TTS_PROBE_INTERVAL: must not be above TTS_OUTAGE_WAIT "
+            f"({settings.tts_outage_wait:g} s): the call would end before the first check"
         )
     problems = env.problems + prompt_env.problems
     if problems:
@@ -320,6 +342,22 @@ def _timeout(raw: str) -> float:
     expected = f"expected seconds above 0 and at most {MAX_TTS_TIMEOUT:g}, such as 5"
     value = _finite_float(raw, expected)
     if not 0.0 < value <= MAX_TTS_TIMEOUT:
+        raise ValueError(expected)
+    return value
+
+
+def _outage_wait(raw: str) -> float:
+    expected = f"expected seconds above 0 and at most {MAX_TTS_OUTAGE_WAIT:g}, such as 15"
+    value = _finite_float(raw, expected)
+    if not 0.0 < value <= MAX_TTS_OUTAGE_WAIT:
+        raise ValueError(expected)
+    return value
+
+
+def _probe_interval(raw: str) -> float:
+    expected = f"expected seconds above 0 and at most {MAX_TTS_PROBE_INTERVAL:g}, such as 2"
+    value = _finite_float(raw, expected)
+    if not 0.0 < value <= MAX_TTS_PROBE_INTERVAL:
         raise ValueError(expected)
     return value
 
