@@ -1,0 +1,196 @@
+"""A call when no TTS server can speak: the prepared apology, a wait, then on or goodbye.
+
+An ``AgentSession`` with no room (a capturing audio output, a scripted LLM) speaks through the
+real plugin to a port where nothing listens, or to the real TTS server process killed with
+SIGKILL mid-reply and started again, or never.  Only the LLM and the speaker are stand-ins.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import pytest
+from livekit.agents import Agent, AgentSession, APIConnectOptions
+from livekit.agents.tts import TTSError
+from livekit.agents.voice.agent_session import SessionConnectOptions
+from livekit.agents.voice.events import CloseEvent, ErrorEvent
+
+from call_policy.clips import Clip, Clips, load_clips
+from call_policy.outage import OutageOptions, TtsOutagePolicy
+from tests.audio_capture import CapturingAudioOutput, Segment
+from tests.loopback import free_port
+from tests.plugin_helpers import eventually, speak
+from tests.scripted_llm import ScriptedLLM
+from tests.server_process import DETERMINISTIC, ServerProcess
+from tts_custom.knowlithictts import TTS
+
+RATE = 16000
+# A reply's patience (KNOWLITHIC_TIMEOUT); short so the tests are, the policy is the same.
+TTS_TIMEOUT = 1.5
+GREETING = (
+    "Hello, I'm Avery, your nurse assistant. I am here to help you with your questions "
+    "about your health today. Please tell me what is on your mind and we will go through it."
+)
+RESUMED = "Thank you for waiting. How can I help you today?"
+INSTRUCTIONS = "You are Avery, a warm nurse assistant."
+
+
+@pytest.fixture(scope="module")
+def clips() -> Clips:
+    return load_clips(RATE)
+
+
+@dataclass
+class Call:
+    session: AgentSession[None]
+    output: CapturingAudioOutput
+    policy: TtsOutagePolicy
+    llm: ScriptedLLM
+    errors: list[ErrorEvent] = field(default_factory=list)
+    closed: list[CloseEvent] = field(default_factory=list)
+    left_room: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def heard(self, clip: Clip) -> list[Segment]:
+        """The played segments that hold the clip's audio, sample for sample."""
+        return [s for s in self.output.segments if clip.pcm in s.pcm]
+
+
+@asynccontextmanager
+async def call(url: str, clips: Clips, *, wait: float) -> AsyncIterator[Call]:
+    """A call whose greeting goes through the plugin at ``url``, with the outage policy on."""
+    tts = TTS(base_url=url)
+    probes: list[TTS] = []
+
+    def make_probe_tts() -> TTS:
+        probes.append(TTS(base_url=url))
+        return probes[-1]
+
+    llm = ScriptedLLM([GREETING, RESUMED])
+    session = AgentSession[None](
+        llm=llm,
+        tts=tts,
+        vad=None,
+        turn_handling={"turn_detection": None},
+        conn_options=SessionConnectOptions(
+            tts_conn_options=APIConnectOptions(max_retry=3, retry_interval=0.5, timeout=TTS_TIMEOUT)
+        ),
+    )
+    output = CapturingAudioOutput()
+    session.output.audio = output
+    options = OutageOptions(wait=wait, probe_interval=1.0, probe_timeout=TTS_TIMEOUT)
+    policy = TtsOutagePolicy(session, clips=clips, make_probe_tts=make_probe_tts, options=options)
+    the_call = Call(session, output, policy, llm)
+    policy._on_end = the_call.left_room.set  # the worker's ctx.shutdown: leave the room
+    session.on("error", the_call.errors.append)
+    session.on("close", the_call.closed.append)
+    policy.attach()
+    try:
+        async with llm:
+            await session.start(Agent(instructions=INSTRUCTIONS))
+            session.generate_reply(instructions="greet the caller")
+            yield the_call
+    finally:
+        await policy.aclose()
+        await session.aclose()
+        await tts.aclose()
+        for probe in probes:
+            await probe.aclose()  # the policy closed each already: a second close is a no-op
+
+
+def assert_one_clear_error(caplog: pytest.LogCaptureFixture) -> None:
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert [r.name for r in errors] == ["agent.tts_outage"], [r.getMessage() for r in errors]
+    [line] = errors
+    assert "no TTS server can speak" in line.getMessage()
+    assert "\n" not in line.getMessage()
+    assert not any(r.exc_info for r in caplog.records)
+    assert "Traceback" not in caplog.text
+    for text in (GREETING, RESUMED):  # no user or agent text, at any level
+        assert text[:20] not in caplog.text
+
+
+def final_tts_errors(the_call: Call) -> list[ErrorEvent]:
+    return [e for e in the_call.errors if isinstance(e.error, TTSError) and not e.error.recoverable]
+
+
+async def test_nothing_listening_apology_then_goodbye_and_the_call_ends(
+    clips: Clips, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    async with call(f"ws://127.0.0.1:{free_port()}", clips, wait=3.0) as c:
+        await asyncio.wait_for(c.left_room.wait(), timeout=30)
+        assert c.policy.ended
+        assert [ev.reason for ev in c.closed] == ["user_initiated"]
+        apology, goodbye = c.output.segments  # nothing else was played
+        assert c.heard(clips.apology) == [apology] and not apology.interrupted
+        assert c.heard(clips.goodbye) == [goodbye] and not goodbye.interrupted
+        assert (c.policy.outages, c.policy.recoveries) == (1, 0)
+        assert final_tts_errors(c)
+    assert_one_clear_error(caplog)
+    assert any("call ends" in r.getMessage() for r in caplog.records)
+
+
+@pytest.fixture
+async def tts_server() -> AsyncIterator[ServerProcess]:
+    server = ServerProcess(*DETERMINISTIC)
+    await server.start()
+    yield server
+    await server.stop()
+
+
+async def kill_mid_greeting(the_call: Call, server: ServerProcess) -> None:
+    await eventually(lambda: the_call.output.playing, timeout=20)
+    await asyncio.sleep(0.5)  # the greeting is being heard
+    await server.kill()
+
+
+async def test_a_server_killed_mid_call_and_back_within_the_wait_the_call_goes_on(
+    clips: Clips, tts_server: ServerProcess, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    async with call(tts_server.url, clips, wait=20.0) as c:
+        await kill_mid_greeting(c, tts_server)
+        # down longer than a reply's patience: the error reaches the session
+        await asyncio.sleep(TTS_TIMEOUT + 1.0)
+        await tts_server.start()
+        await eventually(lambda: c.policy.recoveries == 1, timeout=20)
+        await eventually(lambda: len(c.output.segments) == 3, timeout=20)
+        greeting, apology, resumed = c.output.segments
+        assert greeting.duration > 0.4  # the start of the greeting, before the kill
+        assert c.heard(clips.apology) == [apology]  # once
+        assert not c.heard(clips.goodbye)
+        # the agent answers again, through the TTS: the server's own rendition of the reply
+        reference_tts = TTS(base_url=tts_server.url)
+        try:
+            reference = await speak(reference_tts, RESUMED)
+        finally:
+            await reference_tts.aclose()
+        assert reference.pcm and reference.pcm in resumed.pcm
+        assert not c.policy.ended and not c.closed
+        assert c.llm.remaining == 0  # the reply came from the LLM, asked again
+        assert len(final_tts_errors(c)) == 1
+    assert_one_clear_error(caplog)
+    error, recovered = [r.getMessage() for r in caplog.records if r.name == "agent.tts_outage"]
+    assert error.startswith("no TTS server can speak (APIConnectionError: ")
+    assert recovered.startswith("a TTS server speaks again ")
+
+
+async def test_a_server_killed_mid_call_and_never_back_goodbye_and_the_call_ends(
+    clips: Clips, tts_server: ServerProcess, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    async with call(tts_server.url, clips, wait=4.0) as c:
+        await kill_mid_greeting(c, tts_server)
+        await asyncio.wait_for(c.left_room.wait(), timeout=30)
+        greeting, apology, goodbye = c.output.segments
+        assert greeting.duration > 0.4
+        assert c.heard(clips.apology) == [apology]
+        assert c.heard(clips.goodbye) == [goodbye] and not goodbye.interrupted
+        assert c.policy.ended and c.policy.recoveries == 0
+        assert [ev.reason for ev in c.closed] == ["user_initiated"]
+        assert c.llm.remaining == 1  # nothing more was asked of the LLM
+    assert_one_clear_error(caplog)
