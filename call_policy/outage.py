@@ -95,6 +95,7 @@ class TtsOutagePolicy:
         self._on_end = on_end
         self._task: asyncio.Task[None] | None = None
         self._ending = False
+        self._closed = False
         self.outages = 0
         self.recoveries = 0
         self.ended = False
@@ -116,24 +117,24 @@ class TtsOutagePolicy:
                 await task
 
     async def wait_done(self) -> None:
-        """Until the outage in progress, if any, has ended either way."""
+        """Until the outage in progress, if any, has ended either way (cancelled included)."""
         if self._task is not None:
-            await asyncio.shield(self._task)
+            await asyncio.wait([self._task])
 
     def _on_error(self, event: ErrorEvent) -> None:
         error = event.error
         if not isinstance(error, TTSError) or error.recoverable:
             return
-        if self._task is not None or self._ending:
+        if self._task is not None or self._ending or self._closed:
             return  # the outage in progress already covers it: no second line, no second clip
         self.outages += 1
         self._task = asyncio.create_task(self._outage(error.error), name="tts_outage")
 
     def _on_close(self, _: CloseEvent) -> None:
         # the caller hung up or the job ends: nobody is left to apologize to
+        self._closed = True
         if self._task is not None and not self._ending:
             self._task.cancel()
-            self._task = None
 
     async def _outage(self, error: BaseException) -> None:
         failed_at = time.monotonic()

@@ -50,6 +50,7 @@ class Call:
     output: CapturingAudioOutput
     policy: TtsOutagePolicy
     llm: ScriptedLLM
+    probes: list[TTS]
     errors: list[ErrorEvent] = field(default_factory=list)
     closed: list[CloseEvent] = field(default_factory=list)
     left_room: asyncio.Event = field(default_factory=asyncio.Event)
@@ -83,7 +84,7 @@ async def call(url: str, clips: Clips, *, wait: float) -> AsyncIterator[Call]:
     session.output.audio = output
     options = OutageOptions(wait=wait, probe_interval=1.0, probe_timeout=TTS_TIMEOUT)
     policy = TtsOutagePolicy(session, clips=clips, make_probe_tts=make_probe_tts, options=options)
-    the_call = Call(session, output, policy, llm)
+    the_call = Call(session, output, policy, llm, probes)
     policy._on_end = the_call.left_room.set  # the worker's ctx.shutdown: leave the room
     session.on("error", the_call.errors.append)
     session.on("close", the_call.closed.append)
@@ -130,6 +131,7 @@ async def test_nothing_listening_apology_then_goodbye_and_the_call_ends(
         assert c.heard(clips.goodbye) == [goodbye] and not goodbye.interrupted
         assert (c.policy.outages, c.policy.recoveries) == (1, 0)
         assert final_tts_errors(c)
+        assert c.probes and all(p._session is None for p in c.probes)  # closed once done
     assert_one_clear_error(caplog)
     assert any("call ends" in r.getMessage() for r in caplog.records)
 
@@ -173,6 +175,7 @@ async def test_a_server_killed_mid_call_and_back_within_the_wait_the_call_goes_o
         assert not c.policy.ended and not c.closed
         assert c.llm.remaining == 0  # the reply came from the LLM, asked again
         assert len(final_tts_errors(c)) == 1
+        assert [p._session for p in c.probes] == [None]  # one checker per outage, closed
     assert_one_clear_error(caplog)
     error, recovered = [r.getMessage() for r in caplog.records if r.name == "agent.tts_outage"]
     assert error.startswith("no TTS server can speak (APIConnectionError: ")
@@ -194,3 +197,20 @@ async def test_a_server_killed_mid_call_and_never_back_goodbye_and_the_call_ends
         assert [ev.reason for ev in c.closed] == ["user_initiated"]
         assert c.llm.remaining == 1  # nothing more was asked of the LLM
     assert_one_clear_error(caplog)
+
+
+async def test_a_caller_who_hangs_up_during_the_outage_ends_it_quietly(
+    clips: Clips, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    async with call(f"ws://127.0.0.1:{free_port()}", clips, wait=20.0) as c:
+        await eventually(lambda: c.output.playing and c.policy.outages == 1, timeout=20)
+        await c.session.aclose()  # the caller hangs up while the apology plays
+        await asyncio.wait_for(c.policy.wait_done(), timeout=5)
+        assert not c.policy.ended and not c.left_room.is_set()
+        assert c.probes and all(p._session is None for p in c.probes)  # its TTS was closed
+        assert not c.heard(clips.goodbye)
+        await asyncio.sleep(1.0)  # nothing is still checking the servers or speaking
+        assert len(c.output.segments) <= 1
+    assert_one_clear_error(caplog)
+    assert not any("call ends" in r.getMessage() for r in caplog.records)
