@@ -8,9 +8,10 @@ a final error.  From then on, this policy:
 3. checks that a server can speak again (a short synthesis on a TTS of its own, so failed
    checks never reach the session as errors), 0.5 s apart at first, doubling up to
    ``probe_interval``, until ``wait`` seconds after the failure;
-4. if one speaks: logs it (INFO), listens again and has the agent answer again: the caller's
-   last words are in the chat context, the reply they waited for never reached them, and
-   asking them to repeat would make them pay for our fault;
+4. if one speaks: logs it (INFO), listens again and has the agent answer again: the chat
+   holds the caller's last words and, marked interrupted, any reply cut short (one never
+   started is not there), so the LLM can say what they missed; asking them to repeat
+   would make them pay for our fault;
 5. if none does: plays the prepared goodbye, closes the session and calls ``on_end`` (the
    worker leaves the room).
 """
@@ -38,9 +39,9 @@ logger = logging.getLogger("agent.tts_outage")
 PROBE_TEXT: Final = "Hello."
 FIRST_PROBE_GAP: Final = 0.5
 RESUME_INSTRUCTIONS: Final = (
-    "Your voice failed for a moment, so the caller did not hear your last reply and has been "
-    "waiting. Thank them for waiting in a few words, then answer their last message again; "
-    "if there was none, ask how you can help."
+    "Your voice failed for a moment: the caller heard your last reply only in part or not at "
+    "all, and has been waiting. Thank them for waiting in a few words, then say what they "
+    "missed; if there was nothing, ask how you can help."
 )
 
 

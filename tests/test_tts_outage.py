@@ -19,8 +19,9 @@ from livekit.agents.tts import TTSError
 from livekit.agents.voice.agent_session import SessionConnectOptions
 from livekit.agents.voice.events import CloseEvent, ErrorEvent
 
+from bench.call.audio_io import CallerAudioInput, Timeline
 from call_policy.clips import Clip, Clips, load_clips
-from call_policy.outage import OutageOptions, TtsOutagePolicy
+from call_policy.outage import RESUME_INSTRUCTIONS, OutageOptions, TtsOutagePolicy
 from tests.audio_capture import CapturingAudioOutput, Segment
 from tests.loopback import free_port
 from tests.plugin_helpers import eventually, speak
@@ -44,6 +45,25 @@ def clips() -> Clips:
     return load_clips(RATE)
 
 
+class Microphone(CallerAudioInput):
+    """The caller's audio input, noting when the session detaches it: a room's input drops
+    the caller's frames while detached (livekit-agents room_io/_input.py)."""
+
+    def __init__(self) -> None:
+        timeline = Timeline()
+        timeline.start()
+        super().__init__(timeline)
+        self.attached: list[bool] = []
+
+    def on_attached(self) -> None:
+        super().on_attached()
+        self.attached.append(True)
+
+    def on_detached(self) -> None:
+        super().on_detached()
+        self.attached.append(False)
+
+
 @dataclass
 class Call:
     session: AgentSession[None]
@@ -51,6 +71,7 @@ class Call:
     policy: TtsOutagePolicy
     llm: ScriptedLLM
     probes: list[TTS]
+    microphone: Microphone
     errors: list[ErrorEvent] = field(default_factory=list)
     closed: list[CloseEvent] = field(default_factory=list)
     left_room: asyncio.Event = field(default_factory=asyncio.Event)
@@ -82,9 +103,11 @@ async def call(url: str, clips: Clips, *, wait: float) -> AsyncIterator[Call]:
     )
     output = CapturingAudioOutput()
     session.output.audio = output
+    microphone = Microphone()
+    session.input.audio = microphone
     options = OutageOptions(wait=wait, probe_interval=1.0, probe_timeout=TTS_TIMEOUT)
     policy = TtsOutagePolicy(session, clips=clips, make_probe_tts=make_probe_tts, options=options)
-    the_call = Call(session, output, policy, llm, probes)
+    the_call = Call(session, output, policy, llm, probes, microphone)
     policy._on_end = the_call.left_room.set  # the worker's ctx.shutdown: leave the room
     session.on("error", the_call.errors.append)
     session.on("close", the_call.closed.append)
@@ -98,6 +121,7 @@ async def call(url: str, clips: Clips, *, wait: float) -> AsyncIterator[Call]:
         await policy.aclose()
         await session.aclose()
         await tts.aclose()
+        await microphone.aclose()
         for probe in probes:
             await probe.aclose()  # the policy closed each already: a second close is a no-op
 
@@ -132,6 +156,8 @@ async def test_nothing_listening_apology_then_goodbye_and_the_call_ends(
         assert (c.policy.outages, c.policy.recoveries) == (1, 0)
         assert final_tts_errors(c)
         assert c.probes and all(p._session is None for p in c.probes)  # closed once done
+        # a reply that failed before its first audio is not in the chat (nor are the clips)
+        assert not [m for m in c.session.history.messages() if m.role == "assistant"]
     assert_one_clear_error(caplog)
     assert any("call ends" in r.getMessage() for r in caplog.records)
 
@@ -158,8 +184,11 @@ async def test_a_server_killed_mid_call_and_back_within_the_wait_the_call_goes_o
         await kill_mid_greeting(c, tts_server)
         # down longer than a reply's patience: the error reaches the session
         await asyncio.sleep(TTS_TIMEOUT + 1.0)
+        await eventually(lambda: c.policy.outages == 1, timeout=10)
+        await eventually(lambda: c.microphone.attached[-1:] == [False])  # not listening
         await tts_server.start()
         await eventually(lambda: c.policy.recoveries == 1, timeout=20)
+        assert c.microphone.attached[-1] is True and c.session.input.audio_enabled
         await eventually(lambda: len(c.output.segments) == 3, timeout=20)
         greeting, apology, resumed = c.output.segments
         assert greeting.duration > 0.4  # the start of the greeting, before the kill
@@ -174,6 +203,11 @@ async def test_a_server_killed_mid_call_and_back_within_the_wait_the_call_goes_o
         assert reference.pcm and reference.pcm in resumed.pcm
         assert not c.policy.ended and not c.closed
         assert c.llm.remaining == 0  # the reply came from the LLM, asked again
+        # ...with the greeting cut short in the chat, marked so, and what happened
+        *_, cut_short, told = c.llm.chat_contexts[-1].messages()
+        assert (cut_short.role, cut_short.interrupted) == ("assistant", True)
+        assert cut_short.text_content == GREETING
+        assert told.text_content == RESUME_INSTRUCTIONS
         assert len(final_tts_errors(c)) == 1
         assert [p._session for p in c.probes] == [None]  # one checker per outage, closed
     assert_one_clear_error(caplog)
