@@ -130,6 +130,7 @@ class TtsOutagePolicy:
             return  # the outage in progress already covers it: no second line, no second clip
         self.outages += 1
         self._task = asyncio.create_task(self._outage(error.error), name="tts_outage")
+        self._task.add_done_callback(_log_failure)
 
     def _on_close(self, _: CloseEvent) -> None:
         # the caller hung up or the job ends: nobody is left to apologize to
@@ -149,11 +150,12 @@ class TtsOutagePolicy:
         with contextlib.suppress(RuntimeError):  # nothing to interrupt
             await self._session.interrupt(force=True)
         probe_tts = self._make_probe_tts()
+        apology = asyncio.create_task(self._play(self._clips.apology))
         try:
-            apology = asyncio.create_task(self._play(self._clips.apology))
             recovered_at = await self._probe_until(probe_tts, failed_at + self._opts.wait)
             await apology  # it plays to its end whatever the checks found
         finally:
+            apology.cancel()  # stops waiting for it only: the session owns the speech
             await probe_tts.aclose()
         if recovered_at is not None:
             self.recoveries += 1
@@ -163,7 +165,8 @@ class TtsOutagePolicy:
             )
             self._listen(True)
             self._task = None
-            self._session.generate_reply(instructions=RESUME_INSTRUCTIONS)
+            with contextlib.suppress(RuntimeError):  # the session is closing after all
+                self._session.generate_reply(instructions=RESUME_INSTRUCTIONS)
             return
         logger.warning(
             "no TTS server spoke again within %g s; the caller hears the goodbye and the call ends",
@@ -190,18 +193,27 @@ class TtsOutagePolicy:
         return None
 
     async def _play(self, clip: Clip) -> None:
-        handle = self._session.say(
-            clip.text,
-            audio=_frames(clip.frames()),
-            allow_interruptions=False,
-            add_to_chat_ctx=False,
-        )
+        try:
+            handle = self._session.say(
+                clip.text,
+                audio=_frames(clip.frames()),
+                allow_interruptions=False,
+                add_to_chat_ctx=False,
+            )
+        except RuntimeError:  # the session is closing: nobody to play it to
+            return
         await handle.wait_for_playout()
 
     def _listen(self, enabled: bool) -> None:
         # No room (tests, text mode): there is no caller audio to pause.
         if self._session.input.audio is not None:
             self._session.input.set_audio_enabled(enabled)
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    # a bug here must not vanish as "Task exception was never retrieved" at exit
+    if not task.cancelled() and (error := task.exception()) is not None:
+        logger.error("the TTS outage policy failed: %s", describe(error), exc_info=error)
 
 
 async def _frames(frames: list[rtc.AudioFrame]) -> AsyncIterator[rtc.AudioFrame]:
