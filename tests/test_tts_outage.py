@@ -138,6 +138,11 @@ def assert_one_clear_error(caplog: pytest.LogCaptureFixture) -> None:
         assert text[:20] not in caplog.text
 
 
+def assert_nothing_left_running() -> None:
+    pending = [t.get_name() for t in asyncio.all_tasks() if not t.done()]
+    assert "tts_outage" not in pending, pending
+
+
 def final_tts_errors(the_call: Call) -> list[ErrorEvent]:
     return [e for e in the_call.errors if isinstance(e.error, TTSError) and not e.error.recoverable]
 
@@ -158,6 +163,8 @@ async def test_nothing_listening_apology_then_goodbye_and_the_call_ends(
         assert c.probes and all(p._session is None for p in c.probes)  # closed once done
         # a reply that failed before its first audio is not in the chat (nor are the clips)
         assert not [m for m in c.session.history.messages() if m.role == "assistant"]
+        await asyncio.wait_for(c.policy.wait_done(), timeout=5)
+    assert_nothing_left_running()
     assert_one_clear_error(caplog)
     assert any("call ends" in r.getMessage() for r in caplog.records)
 
@@ -230,6 +237,8 @@ async def test_a_server_killed_mid_call_and_never_back_goodbye_and_the_call_ends
         assert c.policy.ended and c.policy.recoveries == 0
         assert [ev.reason for ev in c.closed] == ["user_initiated"]
         assert c.llm.remaining == 1  # nothing more was asked of the LLM
+        await asyncio.wait_for(c.policy.wait_done(), timeout=5)
+    assert_nothing_left_running()
     assert_one_clear_error(caplog)
 
 
