@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -36,6 +36,13 @@ GREETING = (
     "Hello, I'm Avery, your nurse assistant. I am here to help you with your questions "
     "about your health today. Please tell me what is on your mind and we will go through it."
 )
+# Long enough that the server is still synthesizing it when killed at its first audio
+# (~90 s of speech: several seconds of synthesis even at Piper's ~30x real time).
+LONG_GREETING = " ".join(
+    f"Here is part {n} of a long welcome, said slowly so you can follow it." for n in range(30)
+)
+QUESTION = "I have had a headache since yesterday morning."
+ANSWER = "I'm sorry to hear that. Is the pain on one side of your head?"
 RESUMED = "Thank you for waiting. How can I help you today?"
 INSTRUCTIONS = "You are Avery, a warm nurse assistant."
 
@@ -82,8 +89,11 @@ class Call:
 
 
 @asynccontextmanager
-async def call(url: str, clips: Clips, *, wait: float) -> AsyncIterator[Call]:
-    """A call whose greeting goes through the plugin at ``url``, with the outage policy on."""
+async def call(
+    url: str, clips: Clips, *, wait: float, replies: Sequence[str] = (GREETING, RESUMED)
+) -> AsyncIterator[Call]:
+    """A call whose greeting goes through the plugin at ``url``, with the outage policy on;
+    the LLM answers ``replies`` in turn."""
     tts = TTS(base_url=url)
     probes: list[TTS] = []
 
@@ -91,7 +101,7 @@ async def call(url: str, clips: Clips, *, wait: float) -> AsyncIterator[Call]:
         probes.append(TTS(base_url=url))
         return probes[-1]
 
-    llm = ScriptedLLM([GREETING, RESUMED])
+    llm = ScriptedLLM(replies)
     session = AgentSession[None](
         llm=llm,
         tts=tts,
@@ -134,7 +144,7 @@ def assert_one_clear_error(caplog: pytest.LogCaptureFixture) -> None:
     assert "\n" not in line.getMessage()
     assert not any(r.exc_info for r in caplog.records)
     assert "Traceback" not in caplog.text
-    for text in (GREETING, RESUMED):  # no user or agent text, at any level
+    for text in (GREETING, LONG_GREETING, QUESTION, ANSWER, RESUMED):  # no conversation text
         assert text[:20] not in caplog.text
 
 
@@ -177,28 +187,37 @@ async def tts_server() -> AsyncIterator[ServerProcess]:
     await server.stop()
 
 
-async def kill_mid_greeting(the_call: Call, server: ServerProcess) -> None:
-    await eventually(lambda: the_call.output.playing, timeout=20)
-    await asyncio.sleep(0.5)  # the greeting is being heard
+async def kill_between_turns(the_call: Call, server: ServerProcess) -> None:
+    """The greeting plays whole, the server dies, then the caller asks something."""
+    await eventually(lambda: len(the_call.output.segments) == 1, timeout=30)
+    await server.kill()
+    the_call.session.generate_reply(user_input=QUESTION)
+
+
+async def kill_mid_reply(the_call: Call, server: ServerProcess) -> None:
+    """The server dies as the long greeting starts playing: most of it is still owed."""
+    await eventually(lambda: the_call.output.playing, timeout=30)
     await server.kill()
 
 
+@pytest.mark.parametrize("moment", ["between_turns", "mid_reply"])
 async def test_a_server_killed_mid_call_and_back_within_the_wait_the_call_goes_on(
-    clips: Clips, tts_server: ServerProcess, caplog: pytest.LogCaptureFixture
+    moment: str, clips: Clips, tts_server: ServerProcess, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO)
-    async with call(tts_server.url, clips, wait=20.0) as c:
-        await kill_mid_greeting(c, tts_server)
+    between = moment == "between_turns"
+    replies = (GREETING, ANSWER, RESUMED) if between else (LONG_GREETING, RESUMED)
+    async with call(tts_server.url, clips, wait=20.0, replies=replies) as c:
+        await (kill_between_turns if between else kill_mid_reply)(c, tts_server)
         # down longer than a reply's patience: the error reaches the session
-        await asyncio.sleep(TTS_TIMEOUT + 1.0)
-        await eventually(lambda: c.policy.outages == 1, timeout=10)
+        await eventually(lambda: c.policy.outages == 1, timeout=20)
         await eventually(lambda: c.microphone.attached[-1:] == [False])  # not listening
         await tts_server.start()
         await eventually(lambda: c.policy.recoveries == 1, timeout=20)
         assert c.microphone.attached[-1] is True and c.session.input.audio_enabled
         await eventually(lambda: len(c.output.segments) == 3, timeout=20)
         greeting, apology, resumed = c.output.segments
-        assert greeting.duration > 0.4  # the start of the greeting, before the kill
+        assert greeting.interrupted is not between  # cut short when killed under it
         assert c.heard(clips.apology) == [apology]  # once
         assert not c.heard(clips.goodbye)
         # the agent answers again, through the TTS: the server's own rendition of the reply
@@ -210,10 +229,13 @@ async def test_a_server_killed_mid_call_and_back_within_the_wait_the_call_goes_o
         assert reference.pcm and reference.pcm in resumed.pcm
         assert not c.policy.ended and not c.closed
         assert c.llm.remaining == 0  # the reply came from the LLM, asked again
-        # ...with the greeting cut short in the chat, marked so, and what happened
-        *_, cut_short, told = c.llm.chat_contexts[-1].messages()
-        assert (cut_short.role, cut_short.interrupted) == ("assistant", True)
-        assert cut_short.text_content == GREETING
+        # ...with what the caller said or was cut short of in the chat, and what happened
+        *_, last, told = c.llm.chat_contexts[-1].messages()
+        if between:  # the answer that never played is not there; the question is
+            assert (last.role, last.text_content) == ("user", QUESTION)
+        else:
+            assert (last.role, last.interrupted) == ("assistant", True)
+            assert last.text_content == LONG_GREETING
         assert told.text_content == RESUME_INSTRUCTIONS
         assert len(final_tts_errors(c)) == 1
         assert [p._session for p in c.probes] == [None]  # one checker per outage, closed
@@ -227,16 +249,16 @@ async def test_a_server_killed_mid_call_and_never_back_goodbye_and_the_call_ends
     clips: Clips, tts_server: ServerProcess, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO)
-    async with call(tts_server.url, clips, wait=4.0) as c:
-        await kill_mid_greeting(c, tts_server)
+    async with call(tts_server.url, clips, wait=4.0, replies=(GREETING, ANSWER)) as c:
+        await kill_between_turns(c, tts_server)
         await asyncio.wait_for(c.left_room.wait(), timeout=30)
         greeting, apology, goodbye = c.output.segments
-        assert greeting.duration > 0.4
+        assert not greeting.interrupted
         assert c.heard(clips.apology) == [apology]
         assert c.heard(clips.goodbye) == [goodbye] and not goodbye.interrupted
         assert c.policy.ended and c.policy.recoveries == 0
         assert [ev.reason for ev in c.closed] == ["user_initiated"]
-        assert c.llm.remaining == 1  # nothing more was asked of the LLM
+        assert c.llm.remaining == 0  # nothing more was asked of the LLM than the answer
         await asyncio.wait_for(c.policy.wait_done(), timeout=5)
     assert_nothing_left_running()
     assert_one_clear_error(caplog)
