@@ -200,10 +200,18 @@ async def kill_mid_reply(the_call: Call, server: ServerProcess) -> None:
     await server.kill()
 
 
-@pytest.mark.parametrize("moment", ["between_turns", "mid_reply"])
+@pytest.mark.parametrize(
+    ("moment", "down"), [("between_turns", 0.0), ("mid_reply", 0.0), ("between_turns", 12.0)]
+)
 async def test_a_server_killed_mid_call_and_back_within_the_wait_the_call_goes_on(
-    moment: str, clips: Clips, tts_server: ServerProcess, caplog: pytest.LogCaptureFixture
+    moment: str,
+    down: float,
+    clips: Clips,
+    tts_server: ServerProcess,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    """``down``: seconds it stays down after the outage starts; 12 s outlasts the plugin's
+    10 s after which it counts a server as down (``TTS.healthy``)."""
     caplog.set_level(logging.INFO)
     between = moment == "between_turns"
     replies = (GREETING, ANSWER, RESUMED) if between else (LONG_GREETING, RESUMED)
@@ -212,6 +220,9 @@ async def test_a_server_killed_mid_call_and_back_within_the_wait_the_call_goes_o
         # down longer than a reply's patience: the error reaches the session
         await eventually(lambda: c.policy.outages == 1, timeout=20)
         await eventually(lambda: c.microphone.attached[-1:] == [False])  # not listening
+        await asyncio.sleep(down)
+        voice = c.session.tts
+        assert isinstance(voice, TTS) and voice.healthy is (down < 10)
         await tts_server.start()
         await eventually(lambda: c.policy.recoveries == 1, timeout=20)
         assert c.microphone.attached[-1] is True and c.session.input.audio_enabled
