@@ -8,6 +8,7 @@ SIGKILL mid-reply and started again, or never.  Only the LLM and the speaker are
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -21,6 +22,7 @@ from livekit.agents.voice.events import CloseEvent, ErrorEvent
 
 from bench.call.audio_io import CallerAudioInput, Timeline
 from call_policy.clips import Clip, Clips, load_clips
+from call_policy.log_filter import FRAMEWORK_LOGGER, QuietTtsFailures
 from call_policy.outage import RESUME_INSTRUCTIONS, OutageOptions, TtsOutagePolicy
 from tests.audio_capture import CapturingAudioOutput, Segment
 from tests.loopback import free_port
@@ -290,3 +292,51 @@ async def test_a_caller_who_hangs_up_during_the_outage_ends_it_quietly(
         assert len(c.output.segments) <= 1
     assert_one_clear_error(caplog)
     assert not any("call ends" in r.getMessage() for r in caplog.records)
+
+
+async def test_without_the_policy_the_caller_hears_silence_and_the_session_closes_itself(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # What livekit-agents 1.8.9 does on its own (docs/reliability.md); the filter the policy
+    # installs in this process is taken off for the test.
+    framework = logging.getLogger(FRAMEWORK_LOGGER)
+    quiet = [f for f in framework.filters if isinstance(f, QuietTtsFailures)]
+    for f in quiet:
+        framework.removeFilter(f)
+    caplog.set_level(logging.INFO)
+    tts = TTS(base_url=f"ws://127.0.0.1:{free_port()}")
+    llm = ScriptedLLM([ANSWER] * 4)
+    output = CapturingAudioOutput()
+    closed: list[CloseEvent] = []
+    try:
+        async with (
+            llm,
+            AgentSession[None](
+                llm=llm,
+                tts=tts,
+                vad=None,
+                turn_handling={"turn_detection": None},
+                conn_options=SessionConnectOptions(
+                    tts_conn_options=APIConnectOptions(max_retry=3, timeout=TTS_TIMEOUT)
+                ),
+            ) as session,
+        ):
+            session.output.audio = output
+            session.on("close", closed.append)
+            await session.start(Agent(instructions=INSTRUCTIONS))
+            for _ in range(4):  # the caller asks four times
+                with contextlib.suppress(RuntimeError):  # the session closed under the 4th
+                    await session.generate_reply(user_input=QUESTION)
+            await eventually(lambda: bool(closed), timeout=10)
+    finally:
+        await tts.aclose()
+        for f in quiet:
+            framework.addFilter(f)
+    assert not output.segments  # silence throughout
+    [close] = closed
+    assert close.reason == "error" and isinstance(close.error, TTSError)
+    tracebacks = [r for r in caplog.records if r.getMessage() == "Error in _tts_inference_task"]
+    # a traceback per failed reply (the 4th's task may be cancelled by the close first)
+    assert len(tracebacks) >= 3 and all(r.exc_info for r in tracebacks)
+    closing = "AgentSession is closing due to unrecoverable error"
+    assert any(r.getMessage().startswith(closing) for r in caplog.records)
