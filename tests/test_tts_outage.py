@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
+import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -84,6 +86,8 @@ class Call:
     errors: list[ErrorEvent] = field(default_factory=list)
     closed: list[CloseEvent] = field(default_factory=list)
     left_room: asyncio.Event = field(default_factory=asyncio.Event)
+    failed_checks: list[float] = field(default_factory=list)
+    """When each check that no server passed ended (the checking TTS's error events)."""
 
     def heard(self, clip: Clip) -> list[Segment]:
         """The played segments that hold the clip's audio, sample for sample."""
@@ -92,16 +96,26 @@ class Call:
 
 @asynccontextmanager
 async def call(
-    url: str, clips: Clips, *, wait: float, replies: Sequence[str] = (GREETING, RESUMED)
+    url: str,
+    clips: Clips,
+    *,
+    wait: float,
+    replies: Sequence[str] = (GREETING, RESUMED),
+    probe_interval: float = 1.0,
+    probe_timeout: float = TTS_TIMEOUT,
 ) -> AsyncIterator[Call]:
     """A call whose greeting goes through the plugin at ``url``, with the outage policy on;
     the LLM answers ``replies`` in turn."""
     tts = TTS(base_url=url)
     probes: list[TTS] = []
 
+    failed_checks: list[float] = []
+
     def make_probe_tts() -> TTS:
-        probes.append(TTS(base_url=url))
-        return probes[-1]
+        probe = TTS(base_url=url)
+        probe.on("error", lambda _: failed_checks.append(time.monotonic()))
+        probes.append(probe)
+        return probe
 
     llm = ScriptedLLM(replies)
     session = AgentSession[None](
@@ -117,9 +131,9 @@ async def call(
     session.output.audio = output
     microphone = Microphone()
     session.input.audio = microphone
-    options = OutageOptions(wait=wait, probe_interval=1.0, probe_timeout=TTS_TIMEOUT)
+    options = OutageOptions(wait=wait, probe_interval=probe_interval, probe_timeout=probe_timeout)
     policy = TtsOutagePolicy(session, clips=clips, make_probe_tts=make_probe_tts, options=options)
-    the_call = Call(session, output, policy, llm, probes, microphone)
+    the_call = Call(session, output, policy, llm, probes, microphone, failed_checks=failed_checks)
     policy._on_end = the_call.left_room.set  # the worker's ctx.shutdown: leave the room
     session.on("error", the_call.errors.append)
     session.on("close", the_call.closed.append)
@@ -340,3 +354,17 @@ async def test_without_the_policy_the_caller_hears_silence_and_the_session_close
     assert len(tracebacks) >= 3 and all(r.exc_info for r in tracebacks)
     closing = "AgentSession is closing due to unrecoverable error"
     assert any(r.getMessage().startswith(closing) for r in caplog.records)
+
+
+async def test_checks_back_off_to_the_probe_interval(clips: Clips) -> None:
+    # Short checks against a dead port, so the pauses between them show: 0.5 s, 1 s, then
+    # the 2 s cap (plus each check's 0.3 s), not a check every moment and no gap beyond it.
+    async with call(
+        f"ws://127.0.0.1:{free_port()}", clips, wait=8.0, probe_interval=2.0, probe_timeout=0.3
+    ) as c:
+        await asyncio.wait_for(c.left_room.wait(), timeout=30)
+    checks = c.failed_checks
+    gaps = [b - a for a, b in itertools.pairwise(checks)]
+    assert 4 <= len(checks) <= 6, gaps  # 0.5 s apart throughout would be 10
+    assert gaps[0] < gaps[1] < gaps[2] + 0.3
+    assert all(gap < 2.0 + 0.3 + 1.0 for gap in gaps)  # bounded (generous: a shared machine)
