@@ -40,6 +40,8 @@ from livekit.agents.vad import VAD
 from livekit.agents.voice.agent_session import SessionConnectOptions
 from livekit.plugins import deepgram, noise_cancellation, silero
 
+from call_policy.clips import Clips, load_clips
+from call_policy.outage import OutageOptions, TtsOutagePolicy
 from livekit_link import LinkWatch, WatchedAgentServer
 from llm_chain import build_chain
 from settings import ConfigError, Settings, load_settings
@@ -120,6 +122,16 @@ def tts_connect_options(settings: Settings) -> APIConnectOptions:
     than the framework's 2 s, which would use most of the time waiting.
     """
     return APIConnectOptions(max_retry=3, retry_interval=0.5, timeout=settings.tts_timeout)
+
+
+def outage_options(settings: Settings) -> OutageOptions:
+    """What the call does once no TTS server can speak (call_policy/outage.py): a check may
+    wait as long as a reply does."""
+    return OutageOptions(
+        wait=settings.tts_outage_wait,
+        probe_interval=settings.tts_probe_interval,
+        probe_timeout=settings.tts_timeout,
+    )
 
 
 def build_turn_handling(settings: Settings) -> TurnHandlingOptions:
@@ -205,12 +217,14 @@ def build_room_options(settings: Settings) -> room_io.RoomOptions:
 
 
 def setup_process(proc: JobProcess) -> None:
-    """Per job process, before any job: validate the settings once and load the VAD model."""
+    """Per job process, before any job: validate the settings once, load the VAD model and
+    decode the clips played when no TTS can speak (at the TTS's rate, like its audio)."""
     load_dotenv_from_cwd()
     # The worker hands job processes their LiveKit connection; only the worker needs the keys.
     settings = load_settings(os.environ, require_livekit=False)
     proc.userdata["settings"] = settings
     proc.userdata["vad"] = load_vad(settings)
+    proc.userdata["clips"] = load_clips(settings.tts_sample_rate)
 
 
 # --- capacity: when LiveKit stops sending this worker calls ------------------
@@ -299,6 +313,17 @@ async def entrypoint(ctx: JobContext) -> None:
     ctx.add_shutdown_callback(model.aclose)
 
     session = build_session(settings, vad=ctx.proc.userdata["vad"], tts=voice, llm=model)
+    clips: Clips = ctx.proc.userdata["clips"]
+    # When no TTS server can speak: the prepared apology, a wait, then on or goodbye, and
+    # leaving the room then ends the job.
+    outage = TtsOutagePolicy(
+        session,
+        clips=clips,
+        make_probe_tts=lambda: build_tts(settings),
+        options=outage_options(settings),
+        on_end=lambda: ctx.shutdown(reason="no TTS server could speak"),
+    ).attach()
+    ctx.add_shutdown_callback(outage.aclose)
 
     async def log_usage() -> None:
         usage = ", ".join(repr(u) for u in session.usage.model_usage) or "none"

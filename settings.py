@@ -67,6 +67,17 @@ DEFAULT_TTS_SERVER: Final = "ws://localhost:8000"
 # takes well under 0.5 s (docs/benchmarks.md).  docs/reliability.md has the reasoning.
 DEFAULT_TTS_TIMEOUT: Final = 5.0
 MAX_TTS_TIMEOUT: Final = 60.0
+# When no TTS server can speak at all (the fault outlasted KNOWLITHIC_TIMEOUT), the caller hears
+# a prepared apology and the call waits this long, from the failure, for a server to speak
+# again before it says goodbye and ends (call_policy/outage.py, docs/reliability.md).  15 s
+# holds a server restart (1-2 s) several times over and the 4 s apology, yet ends the call
+# before a caller left hanging gives up on their own.
+DEFAULT_TTS_OUTAGE_WAIT: Final = 15.0
+MAX_TTS_OUTAGE_WAIT: Final = 120.0
+# ...and the longest pause between two checks that a server can speak again: checks start
+# 0.5 s apart and double up to this.
+DEFAULT_TTS_PROBE_INTERVAL: Final = 2.0
+MAX_TTS_PROBE_INTERVAL: Final = 30.0
 DEFAULT_PROMPT: Final = "avery"
 # How long `dev` and `start` try to reach LiveKit before they exit 1.  The framework gives up by
 # itself after 16 attempts (about 130 s of waits when refused); this bounds the case it does
@@ -128,6 +139,8 @@ class Settings:
     tts_sample_rate: int
     tts_output_format: OutputFormat
     tts_timeout: float
+    tts_outage_wait: float
+    tts_probe_interval: float
 
     vad_activation_threshold: float
     vad_min_speech_duration: float
@@ -180,7 +193,9 @@ def load_settings(
             "LIVEKIT_API_SECRET", "the LiveKit API secret", required=require_livekit
         ),
         livekit_connect_timeout=env.parse(
-            "LIVEKIT_CONNECT_TIMEOUT", DEFAULT_LIVEKIT_CONNECT_TIMEOUT, _connect_timeout
+            "LIVEKIT_CONNECT_TIMEOUT",
+            DEFAULT_LIVEKIT_CONNECT_TIMEOUT,
+            _up_to(MAX_LIVEKIT_CONNECT_TIMEOUT, "150"),
         ),
         deepgram_api_key=env.secret("DEEPGRAM_API_KEY", "your Deepgram API key") or "",
         deepgram_model=env.text("DEEPGRAM_MODEL", "nova-3"),
@@ -193,7 +208,9 @@ def load_settings(
         ),
         groq_base_url=_llm_url(env, "GROQ_BASE_URL"),
         groq_attempt_timeout=env.parse(
-            "GROQ_ATTEMPT_TIMEOUT", DEFAULT_GROQ_ATTEMPT_TIMEOUT, _attempt_timeout
+            "GROQ_ATTEMPT_TIMEOUT",
+            DEFAULT_GROQ_ATTEMPT_TIMEOUT,
+            _up_to(MAX_GROQ_ATTEMPT_TIMEOUT, "2"),
         ),
         tts_server_url=env.urls(tts_var, "the TTS server URL") or DEFAULT_TTS_SERVER,
         # optional: the local server needs none
@@ -201,7 +218,15 @@ def load_settings(
         tts_voice=env.text("KNOWLITHIC_VOICE", "elise"),
         tts_sample_rate=env.parse("KNOWLITHIC_SAMPLE_RATE", 16000, _sample_rate),
         tts_output_format=env.parse("KNOWLITHIC_OUTPUT_FORMAT", "wav", _output_format),
-        tts_timeout=env.parse("KNOWLITHIC_TIMEOUT", DEFAULT_TTS_TIMEOUT, _timeout),
+        tts_timeout=env.parse(
+            "KNOWLITHIC_TIMEOUT", DEFAULT_TTS_TIMEOUT, _up_to(MAX_TTS_TIMEOUT, "5")
+        ),
+        tts_outage_wait=env.parse(
+            "TTS_OUTAGE_WAIT", DEFAULT_TTS_OUTAGE_WAIT, _up_to(MAX_TTS_OUTAGE_WAIT, "15")
+        ),
+        tts_probe_interval=env.parse(
+            "TTS_PROBE_INTERVAL", DEFAULT_TTS_PROBE_INTERVAL, _up_to(MAX_TTS_PROBE_INTERVAL, "2")
+        ),
         vad_activation_threshold=env.parse("VAD_ACTIVATION_THRESHOLD", 0.5, _probability),
         vad_min_speech_duration=env.parse("VAD_MIN_SPEECH_DURATION", 0.05, _seconds),
         vad_min_silence_duration=env.parse("VAD_MIN_SILENCE_DURATION", 0.3, _seconds),
@@ -222,6 +247,11 @@ def load_settings(
         env.problems.append(
             "ENDPOINTING_MAX_DELAY: must not be below ENDPOINTING_MIN_DELAY "
             f"({settings.endpointing_min_delay:g} s)"
+        )
+    if settings.tts_probe_interval > settings.tts_outage_wait:
+        env.problems.append(
+            "TTS_PROBE_INTERVAL: must not be above TTS_OUTAGE_WAIT "
+            f"({settings.tts_outage_wait:g} s): the call would end before the first check"
         )
     problems = env.problems + prompt_env.problems
     if problems:
@@ -399,20 +429,17 @@ def _sample_rate(raw: str) -> int:
     return value
 
 
-def _timeout(raw: str) -> float:
-    expected = f"expected seconds above 0 and at most {MAX_TTS_TIMEOUT:g}, such as 5"
-    value = _finite_float(raw, expected)
-    if not 0.0 < value <= MAX_TTS_TIMEOUT:
-        raise ValueError(expected)
-    return value
+def _up_to(maximum: float, example: str) -> Callable[[str], float]:
+    """A parser of seconds above 0 and at most ``maximum``."""
 
+    def parse(raw: str) -> float:
+        expected = f"expected seconds above 0 and at most {maximum:g}, such as {example}"
+        value = _finite_float(raw, expected)
+        if not 0.0 < value <= maximum:
+            raise ValueError(expected)
+        return value
 
-def _connect_timeout(raw: str) -> float:
-    expected = f"expected seconds above 0 and at most {MAX_LIVEKIT_CONNECT_TIMEOUT:g}, such as 150"
-    value = _finite_float(raw, expected)
-    if not 0.0 < value <= MAX_LIVEKIT_CONNECT_TIMEOUT:
-        raise ValueError(expected)
-    return value
+    return parse
 
 
 class _SecretError(ValueError):
@@ -463,11 +490,3 @@ def _groq_models(raw: str) -> tuple[str, ...]:
         if name not in models:
             models.append(name)
     return tuple(models)
-
-
-def _attempt_timeout(raw: str) -> float:
-    expected = f"expected seconds above 0 and at most {MAX_GROQ_ATTEMPT_TIMEOUT:g}, such as 2"
-    value = _finite_float(raw, expected)
-    if not 0.0 < value <= MAX_GROQ_ATTEMPT_TIMEOUT:
-        raise ValueError(expected)
-    return value

@@ -15,6 +15,8 @@ from livekit.agents.voice.run_result import RunResult
 from livekit.plugins import deepgram, groq, silero
 
 import agent
+from call_policy.clips import Clips
+from call_policy.outage import OutageOptions
 from llm_chain import ModelChain
 from settings import PROMPTS_DIR, Settings, load_settings
 from tests.scripted_llm import ScriptedLLM
@@ -207,6 +209,13 @@ async def test_the_worker_chooses_how_long_a_tts_fault_may_last(
                 await component.aclose()
 
 
+def test_the_worker_applies_the_outage_settings() -> None:
+    options = agent.outage_options(
+        settings(TTS_OUTAGE_WAIT="30", TTS_PROBE_INTERVAL="4", KNOWLITHIC_TIMEOUT="3")
+    )
+    assert options == OutageOptions(wait=30.0, probe_interval=4.0, probe_timeout=3.0)
+
+
 def test_vad_uses_the_validated_thresholds() -> None:
     vad = agent.load_vad(
         settings(
@@ -255,3 +264,8 @@ def test_process_setup_validates_settings_and_loads_vad(
     assert loaded.instructions == AVERY
     assert isinstance(proc.userdata["vad"], silero.VAD)
     assert proc.userdata["vad"]._opts.activation_threshold == 0.4
+    # the clips played when no TTS can speak are decoded here, once, at the TTS's rate
+    clips = proc.userdata["clips"]
+    assert isinstance(clips, Clips)
+    assert clips.apology.sample_rate == clips.goodbye.sample_rate == loaded.tts_sample_rate
+    assert clips.apology.duration > 3

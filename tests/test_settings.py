@@ -79,6 +79,8 @@ def test_defaults() -> None:
     assert s.tts_voice == "elise"
     assert s.tts_sample_rate == 16000
     assert s.tts_timeout == 5.0
+    assert s.tts_outage_wait == 15.0
+    assert s.tts_probe_interval == 2.0
     assert s.vad_activation_threshold == 0.5
     assert s.vad_min_speech_duration == 0.05
     assert s.vad_min_silence_duration == 0.3
@@ -312,6 +314,27 @@ def test_the_longest_endpointing_delay_cannot_be_below_the_shortest() -> None:
 @pytest.mark.parametrize("raw", ["0", "-1", "61", "nan", "soon"])
 def test_a_tts_timeout_must_be_a_bounded_positive_duration(raw: str) -> None:
     assert "at most 60" in problem_for("KNOWLITHIC_TIMEOUT", KNOWLITHIC_TIMEOUT=raw)
+
+
+@pytest.mark.parametrize(
+    ("name", "raw", "said"),
+    [
+        ("TTS_OUTAGE_WAIT", "0", "at most 120"),
+        ("TTS_OUTAGE_WAIT", "121", "at most 120"),
+        ("TTS_OUTAGE_WAIT", "inf", "at most 120"),
+        ("TTS_PROBE_INTERVAL", "-1", "at most 30"),
+        ("TTS_PROBE_INTERVAL", "often", "at most 30"),
+    ],
+)
+def test_the_outage_bounds_are_bounded_positive_durations(name: str, raw: str, said: str) -> None:
+    assert said in problem_for(name, **{name: raw})
+
+
+def test_the_outage_probes_fit_in_the_outage_wait() -> None:
+    s = load(TTS_OUTAGE_WAIT="30", TTS_PROBE_INTERVAL="5")
+    assert (s.tts_outage_wait, s.tts_probe_interval) == (30.0, 5.0)
+    line = problem_for("TTS_PROBE_INTERVAL", TTS_OUTAGE_WAIT="3", TTS_PROBE_INTERVAL="5")
+    assert "TTS_OUTAGE_WAIT" in line
 
 
 @pytest.mark.parametrize("bad", ["kn-s3cr3t eeee", "kn-s3cr3t\neeee", "kn-s3cr3t\u00e9"])

@@ -1,0 +1,1 @@
+"""What the call does when no TTS server can speak: prepared clips and the outage policy."""
