@@ -20,12 +20,12 @@ WORKDIR /app
 COPY requirements.txt .
 RUN pip install -r requirements.txt
 
-COPY agent.py settings.py ./
+COPY agent.py settings.py stt_recovery.py ./
 COPY knowlithic_protocol/ knowlithic_protocol/
 COPY tts_custom/ tts_custom/
 COPY prompts/ prompts/
 # The code stays root-owned and read-only, so compile it now: each call's process imports it.
-RUN python -m compileall -q agent.py settings.py knowlithic_protocol tts_custom
+RUN python -m compileall -q agent.py settings.py stt_recovery.py knowlithic_protocol tts_custom
 
 # The worker runs as an unprivileged user.  download-files needs no configuration and no
 # secret; whatever a plugin fetches lands in that user's home now, never during a call.

@@ -41,6 +41,7 @@ from livekit.agents.voice.agent_session import SessionConnectOptions
 from livekit.plugins import deepgram, groq, noise_cancellation, silero
 
 from settings import ConfigError, Settings, load_settings
+from stt_recovery import stt_connect_options
 from tts_custom.knowlithictts import TTS as KnowlithicTTS
 
 logger = logging.getLogger("agent")
@@ -181,7 +182,9 @@ def build_session(
         turn_handling=turn_handling or build_turn_handling(settings),
         # The Knowlithic plugin sends word timings, so captions follow the audio word by word.
         use_tts_aligned_transcript=True,
-        conn_options=SessionConnectOptions(tts_conn_options=tts_connect_options(settings)),
+        conn_options=SessionConnectOptions(
+            tts_conn_options=tts_connect_options(settings), stt_conn_options=stt_connect_options()
+        ),
     )
 
 
