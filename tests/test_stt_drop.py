@@ -1,0 +1,167 @@
+"""Deepgram's socket fails mid-call: the worker's STT hears the caller again.
+
+Real sockets and processes: the plugin streams to tests/fake_deepgram.py (a process of its
+own, pocketsphinx transcripts), which drops every socket (TCP close, no close frame) or is
+killed with SIGKILL and started again 1.5 s later on the same port.  The caller is Piper's
+speech at real-time pace.  Deaf-time figures: bench/stt_drop.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+from livekit.agents import (
+    Agent,
+    APIConnectOptions,
+    ConversationItemAddedEvent,
+    TurnHandlingOptions,
+)
+from livekit.agents.voice.events import ErrorEvent
+from livekit.plugins import deepgram, silero
+
+import agent
+from bench.call.audio_io import CallerAudioInput, Timeline
+from stt_recovery import stt_connect_options
+from tests import deepgram_drop as dd
+from tests.audio_capture import CapturingAudioOutput
+from tests.fake_deepgram import FakeDeepgramProcess
+from tests.fake_knowlithic import FakeKnowlithicServer
+from tests.plugin_helpers import eventually
+from tests.scripted_llm import ScriptedLLM
+from tests.test_assistant import settings as make_settings
+
+pytestmark = pytest.mark.timeout(240)
+SLACK = int(0.1 * dd.RATE)  # audio the client had pushed but not yet sent at the fault
+LOST_AT_MOST = int(0.25 * dd.RATE)  # what a dead socket may swallow before the client sees it
+
+
+@pytest.fixture(scope="module")
+def speech() -> dict[str, dd.Pcm]:
+    return dd.render(dd.PHRASES)
+
+
+@pytest.fixture
+async def deepgram_server() -> AsyncIterator[FakeDeepgramProcess]:
+    server = FakeDeepgramProcess()
+    await server.start()
+    yield server
+    await server.stop()
+
+
+def check_recovered(result: dd.Run, speech: dict[str, dd.Pcm]) -> None:
+    plan = dd.script(speech)
+    assert result.error is None, result.error
+    finals = result.finals()
+    # A went through the first socket; C, said after the fault, through the new one
+    assert any(dd.hears(f, dd.A, least=4) for f in finals), finals
+    assert any(dd.hears(f, dd.C, least=4) for f in finals), finals
+    # The new socket got the audio from the fault on, nothing before it (B's first half,
+    # which only the dead socket had, is lost) and nothing after it missing (it was kept
+    # and sent late): it starts within a frame or two of the fault.
+    resumed = dd.resumed_from(result)
+    assert plan.fault_at - SLACK <= resumed <= plan.fault_at + LOST_AT_MOST, (
+        resumed - plan.fault_at
+    ) / dd.RATE
+
+
+async def test_a_drop_mid_utterance_loses_only_the_words_before_it(
+    deepgram_server: FakeDeepgramProcess, speech: dict[str, dd.Pcm]
+) -> None:
+    result = await dd.run(deepgram_server, speech, "drop", stt_connect_options())
+    check_recovered(result, speech)
+    first, second = result.connections
+    assert first["closed_by"] == "drop"
+    # between them the two sockets got all the audio but what the dead one swallowed
+    received = (int(str(first["audio_bytes"])) + int(str(second["audio_bytes"]))) // 2
+    assert result.pushed - LOST_AT_MOST <= received <= result.pushed
+    assert second["close_stream"]  # the stream ended normally on the new socket
+
+
+async def test_a_killed_server_is_heard_again_once_it_restarts(
+    deepgram_server: FakeDeepgramProcess, speech: dict[str, dd.Pcm]
+) -> None:
+    result = await dd.run(deepgram_server, speech, "kill", stt_connect_options())
+    assert result.listening_again - result.fault_time >= dd.DOWN_S
+    check_recovered(result, speech)
+    [after_restart] = result.connections  # the new process knows only the new socket
+    first_audio = float(str(after_restart["first_audio_at"]))
+    # it reconnected within one retry interval (and some scheduling) of the server listening
+    assert first_audio - result.listening_again < 0.5 + 1.0
+
+
+async def test_with_the_framework_defaults_a_restart_ends_the_stream(
+    deepgram_server: FakeDeepgramProcess, speech: dict[str, dd.Pcm]
+) -> None:
+    """Why stt_recovery exists: 3 retries 2 s apart do not outlast a 1.5 s + start-up gap."""
+    result = await dd.run(deepgram_server, speech, "kill", APIConnectOptions())
+    if result.listening_again - result.fault_time < 4.5:
+        pytest.skip("the server restarted within the default retries' ~4.2 s")
+    assert result.error is not None
+    assert not any(dd.hears(f, dd.C) for f in result.finals())
+
+
+# --- through an AgentSession -------------------------------------------------
+
+
+async def test_a_session_hears_the_next_user_turn_after_a_drop_mid_utterance(
+    deepgram_server: FakeDeepgramProcess,
+    server: FakeKnowlithicServer,
+    speech: dict[str, dd.Pcm],
+) -> None:
+    settings = make_settings(TTS_SERVER_URL=server.url)
+    http = aiohttp.ClientSession()
+    stt = deepgram.STT(
+        api_key=deepgram_server.api_key,
+        base_url=deepgram_server.listen_url,
+        language="en-US",
+        http_session=http,
+    )
+    tts = agent.build_tts(settings)
+    scripted = ScriptedLLM(["Okay."] * 6)
+    user_turns: list[str] = []
+    errors: list[ErrorEvent] = []
+    session = agent.build_session(
+        settings,
+        vad=silero.VAD.load(),
+        tts=tts,
+        stt=stt,
+        llm=scripted,
+        turn_handling=TurnHandlingOptions(turn_detection="stt"),
+    )
+
+    def on_item(ev: ConversationItemAddedEvent) -> None:
+        if ev.item.type == "message" and ev.item.role == "user":
+            user_turns.append(ev.item.text_content or "")
+
+    session.on("conversation_item_added", on_item)
+    session.on("error", errors.append)
+    timeline = Timeline()
+    caller = CallerAudioInput(timeline)
+    session.input.audio = caller
+    session.output.audio = CapturingAudioOutput()
+    try:
+        await session.start(Agent(instructions="You are a nurse."))
+        await caller.say(speech[dd.A].tobytes(), dd.RATE)
+        await eventually(lambda: any(dd.hears(t, dd.A) for t in user_turns), timeout=20)
+        half = len(speech[dd.B]) // 2
+        await caller.say(speech[dd.B][:half].tobytes(), dd.RATE)
+        await deepgram_server.control("drop")  # mid-utterance
+        await caller.say(speech[dd.B][half:].tobytes(), dd.RATE)
+        await asyncio.sleep(dd.GAP_S)
+        await caller.say(speech[dd.C].tobytes(), dd.RATE)
+        await eventually(lambda: any(dd.hears(t, dd.C) for t in user_turns), timeout=30)
+    finally:
+        await session.aclose()
+        await caller.aclose()
+        await stt.aclose()
+        await tts.aclose()
+        await http.close()
+    connections: list[dict[str, Any]] = (await deepgram_server.control("stats"))["connections"]
+    assert [c["closed_by"] for c in connections][:1] == ["drop"]
+    assert len(connections) == 2
+    # the session saw the drop only as a recoverable error, and it never closed on it
+    assert errors and all(e.error.recoverable for e in errors)
