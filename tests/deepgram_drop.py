@@ -90,8 +90,9 @@ def script(speech: Mapping[str, Pcm]) -> Script:
 
 
 def distinct_words(text: str) -> set[str]:
-    """The words of ``text`` no other phrase has (all of them, as chosen)."""
-    words = {w.strip(".,").lower() for w in text.split()}
+    """The longer words of ``text`` no other phrase has: a recognizer's guesses at another
+    phrase's sounds are mostly short words ("the", "for", "to"), so those say nothing."""
+    words = {w.strip(".,").lower() for w in text.split() if len(w.strip(".,")) > 3}
     others = {w.strip(".,").lower() for p in PHRASES if p != text for w in p.split()}
     return words - others
 
@@ -120,6 +121,7 @@ class Run:
     events: list[Heard] = field(default_factory=list)
     connections: list[dict[str, object]] = field(default_factory=list)  # the server's, after
     error: BaseException | None = None  # the stream's, if it gave up
+    error_at: float = 0.0
 
     def time_of(self, sample: int) -> float:
         return self.t0 + sample / RATE
@@ -185,6 +187,7 @@ async def run(
                 result.events.append(Heard(time.time(), ev.type, text))
         except Exception as e:  # the stream gave up: what the session would see
             result.error = e
+            result.error_at = time.time()
         finally:
             await injector
             feeder.cancel()
