@@ -41,7 +41,7 @@ from livekit.agents.voice.agent_session import SessionConnectOptions
 from livekit.plugins import deepgram, groq, noise_cancellation, silero
 
 from settings import ConfigError, Settings, load_settings
-from stt_recovery import stt_connect_options
+from stt_recovery import gated_stt_node, stt_connect_options
 from tts_custom.knowlithictts import TTS as KnowlithicTTS
 
 logger = logging.getLogger("agent")
@@ -73,6 +73,9 @@ class Assistant(Agent):
 
     def __init__(self, *, instructions: str) -> None:
         super().__init__(instructions=instructions)
+
+    # While Deepgram reconnects, only the caller's latest speech waits for it.
+    stt_node = gated_stt_node
 
     async def on_enter(self) -> None:
         # Speak first, so the caller is not left in silence wondering whether anyone is there.

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
@@ -23,6 +23,7 @@ from livekit import rtc
 from livekit.agents import APIConnectOptions, stt
 from livekit.plugins import deepgram
 
+from stt_recovery import AudioGate
 from tests.fake_deepgram import FakeDeepgramProcess
 
 RATE: Final = 16000
@@ -122,6 +123,7 @@ class Run:
     connections: list[dict[str, object]] = field(default_factory=list)  # the server's, after
     error: BaseException | None = None  # the stream's, if it gave up
     error_at: float = 0.0
+    dropped: float = 0.0  # seconds the AudioGate dropped, if one was used
 
     def time_of(self, sample: int) -> float:
         return self.t0 + sample / RATE
@@ -136,14 +138,19 @@ class Run:
         return [e.text for e in self.events if e.type == stt.SpeechEventType.FINAL_TRANSCRIPT]
 
 
-async def feed(stream: stt.RecognizeStream, pcm: Pcm, t0: float) -> None:
-    """Push ``pcm`` in 20 ms frames, frame n at ``t0 + n * 0.02`` (absolute deadlines)."""
+async def microphone(pcm: Pcm, t0: float) -> AsyncIterator[rtc.AudioFrame]:
+    """``pcm`` in 20 ms frames, frame n at ``t0 + n * 0.02`` (absolute deadlines)."""
     for n, offset in enumerate(range(0, len(pcm), FRAME)):
         delay = t0 + n * FRAME / RATE - time.time()
         if delay > 0:
             await asyncio.sleep(delay)
         chunk = pcm[offset : offset + FRAME]
-        stream.push_frame(rtc.AudioFrame(chunk.tobytes(), RATE, 1, len(chunk)))
+        yield rtc.AudioFrame(chunk.tobytes(), RATE, 1, len(chunk))
+
+
+async def feed(stream: stt.RecognizeStream, frames: AsyncIterable[rtc.AudioFrame]) -> None:
+    async for frame in frames:
+        stream.push_frame(frame)
     stream.end_input()
 
 
@@ -163,8 +170,11 @@ async def run(
     speech: Mapping[str, Pcm],
     fault: Fault,
     conn_options: APIConnectOptions,
+    max_backlog: float | None = None,
 ) -> Run:
-    """Speak A, B (the fault halfway) and C to one stream; every event is recorded."""
+    """Speak A, B (the fault halfway) and C to one stream; every event is recorded.
+
+    With ``max_backlog``, through the worker's :class:`stt_recovery.AudioGate`."""
     plan = script(speech)
     async with aiohttp.ClientSession() as http:
         dg = deepgram.STT(
@@ -173,7 +183,9 @@ async def run(
         stream = dg.stream(conn_options=conn_options)
         t0 = time.time() + 0.1
         result = Run(fault, t0, len(plan.pcm), fault_time=0.0, listening_again=0.0)
-        feeder = asyncio.create_task(feed(stream, plan.pcm, t0))
+        frames = microphone(plan.pcm, t0)
+        gate = AudioGate(dg, max_backlog=max_backlog) if max_backlog is not None else None
+        feeder = asyncio.create_task(feed(stream, gate.hold(frames) if gate else frames))
 
         async def fail() -> None:
             await asyncio.sleep(max(result.time_of(plan.fault_at) - time.time(), 0))
@@ -195,6 +207,9 @@ async def run(
                 await feeder
             await stream.aclose()
             await dg.aclose()
+            if gate is not None:
+                gate.close()
+                result.dropped = gate.dropped
     result.connections = (await server.control("stats"))["connections"]
     return result
 

@@ -15,10 +15,10 @@ from typing import Any
 import aiohttp
 import pytest
 from livekit.agents import (
-    Agent,
     APIConnectOptions,
     ConversationItemAddedEvent,
     TurnHandlingOptions,
+    stt,
 )
 from livekit.agents.voice.events import ErrorEvent
 from livekit.plugins import deepgram, silero
@@ -93,6 +93,26 @@ async def test_a_killed_server_is_heard_again_once_it_restarts(
     assert first_audio - result.listening_again < 0.5 + 1.0
 
 
+async def test_after_a_long_outage_only_the_newest_speech_is_sent(
+    deepgram_server: FakeDeepgramProcess, speech: dict[str, dd.Pcm]
+) -> None:
+    """The worker's AudioGate (here bounded at 2 s) drops the oldest of what waits."""
+    result = await dd.run(deepgram_server, speech, "kill", stt_connect_options(), max_backlog=2.0)
+    plan = dd.script(speech)
+    outage = result.listening_again - result.fault_time
+    assert result.error is None, result.error
+    assert outage > 4.0  # longer than the bound, or this proves nothing
+    # what was held beyond 2 s is gone (the 0.5 s retry interval adds to the wait)...
+    assert outage - 2.0 - 1.0 <= result.dropped <= outage + 1.0
+    # ...and nothing else: the new socket got all the rest, up to the end of the call
+    [after_restart] = result.connections
+    received = int(str(after_restart["audio_bytes"])) // 2
+    expected = result.pushed - plan.fault_at - int(result.dropped * dd.RATE)
+    assert abs(received - expected) <= LOST_AT_MOST, (received - expected) / dd.RATE
+    assert result.events  # and the stream still transcribes
+    assert any(e.type == stt.SpeechEventType.FINAL_TRANSCRIPT for e in result.events)
+
+
 async def test_with_the_framework_defaults_a_restart_ends_the_stream(
     deepgram_server: FakeDeepgramProcess, speech: dict[str, dd.Pcm]
 ) -> None:
@@ -114,7 +134,7 @@ async def test_a_session_hears_the_next_user_turn_after_a_drop_mid_utterance(
 ) -> None:
     settings = make_settings(TTS_SERVER_URL=server.url)
     http = aiohttp.ClientSession()
-    stt = deepgram.STT(
+    dg_stt = deepgram.STT(
         api_key=deepgram_server.api_key,
         base_url=deepgram_server.listen_url,
         language="en-US",
@@ -128,7 +148,7 @@ async def test_a_session_hears_the_next_user_turn_after_a_drop_mid_utterance(
         settings,
         vad=silero.VAD.load(),
         tts=tts,
-        stt=stt,
+        stt=dg_stt,
         llm=scripted,
         turn_handling=TurnHandlingOptions(turn_detection="stt"),
     )
@@ -144,7 +164,8 @@ async def test_a_session_hears_the_next_user_turn_after_a_drop_mid_utterance(
     session.input.audio = caller
     session.output.audio = CapturingAudioOutput()
     try:
-        await session.start(Agent(instructions="You are a nurse."))
+        # the worker's agent, with its AudioGate between the caller and the STT
+        await session.start(agent.Assistant(instructions="You are a nurse."))
         await caller.say(speech[dd.A].tobytes(), dd.RATE)
         await eventually(lambda: any(dd.hears(t, dd.A) for t in user_turns), timeout=20)
         half = len(speech[dd.B]) // 2
@@ -157,7 +178,7 @@ async def test_a_session_hears_the_next_user_turn_after_a_drop_mid_utterance(
     finally:
         await session.aclose()
         await caller.aclose()
-        await stt.aclose()
+        await dg_stt.aclose()
         await tts.aclose()
         await http.close()
     connections: list[dict[str, Any]] = (await deepgram_server.control("stats"))["connections"]
