@@ -3,9 +3,10 @@
     python -m bench.stt_drop                  # both faults, 3 runs each, about 3 minutes
     python -m bench.stt_drop --fault kill --runs 1 --defaults   # the framework's retries
 
-A real ``deepgram.STT`` stream, with the worker's retry policy (``stt_recovery``) unless
-``--defaults``, listens to Piper's speech at real-time pace (phrases A, B, C; the fault halfway
-through B, C right after B) served by tests/fake_deepgram.py, a process of its own:
+A real ``deepgram.STT`` stream, with the worker's retry policy and ``AudioGate``
+(``stt_recovery``) unless ``--defaults``, listens to Piper's speech at real-time pace
+(phrases A, B, C; the fault halfway through B, C right after B) served by
+tests/fake_deepgram.py, a process of its own:
 
 * ``drop``: every socket closed at the TCP level, no close frame; the server stays up;
 * ``kill``: SIGKILL, a new process started 1.5 s later on the same port (it listens once its
@@ -28,7 +29,7 @@ from collections.abc import Sequence
 from livekit.agents import APIConnectOptions
 
 from bench.common import machine, table
-from stt_recovery import stt_connect_options
+from stt_recovery import MAX_BACKLOG_S, stt_connect_options
 from tests import deepgram_drop as dd
 from tests.fake_deepgram import FakeDeepgramProcess
 
@@ -52,7 +53,9 @@ def measure(result: dd.Run, plan: dd.Script) -> dict[str, float]:
     }
 
 
-async def bench(faults: Sequence[dd.Fault], runs: int, options: APIConnectOptions) -> None:
+async def bench(
+    faults: Sequence[dd.Fault], runs: int, options: APIConnectOptions, backlog: float | None
+) -> None:
     speech = dd.render(dd.PHRASES)
     plan = dd.script(speech)
     rows: list[list[object]] = []
@@ -65,7 +68,7 @@ async def bench(faults: Sequence[dd.Fault], runs: int, options: APIConnectOption
             server = FakeDeepgramProcess()
             await server.start()
             try:
-                result = await dd.run(server, speech, fault, options)
+                result = await dd.run(server, speech, fault, options, max_backlog=backlog)
             finally:
                 await server.stop()
             if result.error is not None:
@@ -99,7 +102,7 @@ async def bench(faults: Sequence[dd.Fault], runs: int, options: APIConnectOption
             ]
         )
     print()
-    print(f"machine: {machine()}; retries: {options}")
+    print(f"machine: {machine()}; retries: {options}; audio held while reconnecting: {backlog}")
     print("seconds, median (min-max); every time from the fault unless said")
     print(
         table(
@@ -128,8 +131,10 @@ def main() -> None:
     )
     args = parser.parse_args()
     faults: list[dd.Fault] = ["drop", "kill"] if args.fault == "both" else [args.fault]
-    options = APIConnectOptions() if args.defaults else stt_connect_options()
-    asyncio.run(bench(faults, args.runs, options))
+    if args.defaults:
+        asyncio.run(bench(faults, args.runs, APIConnectOptions(), None))
+    else:
+        asyncio.run(bench(faults, args.runs, stt_connect_options(), MAX_BACKLOG_S))
 
 
 if __name__ == "__main__":
