@@ -10,7 +10,8 @@ tests/fake_deepgram.py, a process of its own:
 
 * ``drop``: every socket closed at the TCP level, no close frame; the server stays up;
 * ``kill``: SIGKILL, a new process started 1.5 s later on the same port (it listens once its
-  recognizers are loaded).
+  recognizers are loaded);
+* ``stall`` (``--fault stall`` only, ~80 s a run): the socket hangs, new ones are served.
 
 Per run, on one clock: fault → the server listens again (kill only: its own restart) → the
 first audio on the new socket (the STT processes the caller's audio again) → the first words
@@ -68,7 +69,9 @@ async def bench(
             server = FakeDeepgramProcess()
             await server.start()
             try:
-                result = await dd.run(server, speech, fault, options, max_backlog=backlog)
+                # a stall is noticed by the 45 s heartbeat: the call must still be going on
+                tail = 55.0 if fault == "stall" else 2.0
+                result = await dd.run(server, speech, fault, options, backlog, tail)
             finally:
                 await server.stop()
             if result.error is not None:
@@ -124,7 +127,7 @@ async def bench(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--fault", choices=["drop", "kill", "both"], default="both")
+    parser.add_argument("--fault", choices=["drop", "kill", "stall", "both"], default="both")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument(
         "--defaults", action="store_true", help="the framework's retries, not stt_recovery's"

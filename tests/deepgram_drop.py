@@ -29,7 +29,7 @@ from tests.fake_deepgram import FakeDeepgramProcess
 RATE: Final = 16000
 FRAME: Final = RATE // 50  # 20 ms, as LiveKit delivers a caller's audio
 Pcm = npt.NDArray[np.int16]
-Fault = Literal["drop", "kill"]
+Fault = Literal["drop", "kill", "stall"]
 
 # Three sentences with no word in common, so a transcript says which one it heard.
 A: Final = "Please call me back when you get home tonight after dinner."
@@ -76,7 +76,8 @@ class Script:
     fault_at: int
 
 
-def script(speech: Mapping[str, Pcm]) -> Script:
+def script(speech: Mapping[str, Pcm], tail: float = 2.0) -> Script:
+    """A, B, C with ``GAP_S`` between them, then ``tail`` seconds of silence."""
     gap = np.zeros(int(GAP_S * RATE), dtype=np.int16)
     parts: list[Pcm] = [gap]
     starts: dict[str, int] = {}
@@ -85,7 +86,7 @@ def script(speech: Mapping[str, Pcm]) -> Script:
         starts[text] = position
         parts += [speech[text], gap]
         position += len(speech[text]) + len(gap)
-    parts.append(np.zeros(2 * RATE, dtype=np.int16))  # time for the last final
+    parts.append(np.zeros(int(tail * RATE), dtype=np.int16))  # time for the last final
     fault_at = starts[B] + int(FAULT_INTO_B * len(speech[B]))
     return Script(pcm=np.concatenate(parts), starts=starts, fault_at=fault_at)
 
@@ -159,6 +160,9 @@ async def inject(server: FakeDeepgramProcess, fault: Fault) -> float:
     if fault == "drop":
         await server.control("drop")
         return time.time()
+    if fault == "stall":  # the socket hangs; new ones are served
+        await server.control("stall")
+        return time.time()
     await server.kill()
     await asyncio.sleep(DOWN_S)
     await server.start()
@@ -171,11 +175,12 @@ async def run(
     fault: Fault,
     conn_options: APIConnectOptions,
     max_backlog: float | None = None,
+    tail: float = 2.0,
 ) -> Run:
     """Speak A, B (the fault halfway) and C to one stream; every event is recorded.
 
     With ``max_backlog``, through the worker's :class:`stt_recovery.AudioGate`."""
-    plan = script(speech)
+    plan = script(speech, tail)
     async with aiohttp.ClientSession() as http:
         dg = deepgram.STT(
             api_key=server.api_key, base_url=server.listen_url, http_session=http, language="en-US"

@@ -14,8 +14,9 @@ Faults, on the HTTP side of the same port:
 
 * ``POST /control/drop``: every live socket is closed at the TCP level, with no close frame,
   as a load balancer or a crashed host does;
-* ``POST /control/stall`` / ``POST /control/resume``: the server stops (and restarts)
-  reading and answering, pings included, while the TCP connections stay open;
+* ``POST /control/stall`` / ``POST /control/resume``: the live sockets stop (and restart)
+  reading and answering, pings included, while their TCP connections stay open; new sockets
+  are served, as when one Deepgram node hangs and the load balancer sends new ones elsewhere;
 * a kill is a real ``SIGKILL`` of this process: :class:`FakeDeepgramProcess`.
 
 ``GET /control/stats`` tells what each socket received and when (``time.time()``), so a test
@@ -76,8 +77,7 @@ class FakeDeepgram:
         self._ids = itertools.count(1)
         self.connections: list[Connection] = []
         self._live: dict[int, web.Request] = {}
-        self._running = asyncio.Event()
-        self._running.set()
+        self._running: dict[int, asyncio.Event] = {}  # per live socket: cleared while stalled
 
     async def warm_up(self) -> None:
         await self._stt.warm_up(_SPARE_WORKERS)
@@ -109,12 +109,14 @@ class FakeDeepgram:
         return web.json_response({"dropped": len(dropped)})
 
     async def _stall(self, _: web.Request) -> web.Response:
-        self._running.clear()
-        return web.json_response({"stalled": len(self._live)})
+        for running in self._running.values():
+            running.clear()
+        return web.json_response({"stalled": len(self._running)})
 
     async def _resume(self, _: web.Request) -> web.Response:
-        self._running.set()
-        return web.json_response({"resumed": len(self._live)})
+        for running in self._running.values():
+            running.set()
+        return web.json_response({"resumed": len(self._running)})
 
     async def _stats(self, _: web.Request) -> web.Response:
         return web.json_response({"connections": [asdict(c) for c in self.connections]})
@@ -125,6 +127,7 @@ class FakeDeepgram:
             conn.closed_at = time.time()
             conn.closed_by = how
         self._live.pop(conn_id, None)
+        self._running.pop(conn_id, None)
 
     # --- /v1/listen ---------------------------------------------------------
 
@@ -135,8 +138,6 @@ class FakeDeepgram:
         missing = [p for p in REQUIRED_PARAMS if p not in params]
         if missing or params["encoding"] != "linear16" or params["channels"] != "1":
             raise web.HTTPBadRequest(text=f'{{"err_code":"Bad Request","missing":{missing}}}')
-        await self._running.wait()  # a stalled server does not even answer the upgrade
-
         ws = web.WebSocketResponse(autoping=True)
         await ws.prepare(request)
         conn = Connection(
@@ -147,7 +148,9 @@ class FakeDeepgram:
         )
         self.connections.append(conn)
         self._live[conn.id] = request
-        session = _Session(ws, conn, self._stt.stream(), self._running)
+        running = self._running[conn.id] = asyncio.Event()
+        running.set()
+        session = _Session(ws, conn, self._stt.stream(), running)
         try:
             await session.run()
         finally:

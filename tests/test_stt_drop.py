@@ -93,6 +93,27 @@ async def test_a_killed_server_is_heard_again_once_it_restarts(
     assert first_audio - result.listening_again < 0.5 + 1.0
 
 
+async def test_a_stalled_socket_is_given_up_by_the_heartbeat_and_what_it_swallowed_is_lost(
+    deepgram_server: FakeDeepgramProcess, speech: dict[str, dd.Pcm]
+) -> None:
+    """A socket that hangs (TCP open, no answers, no pongs) is noticed by aiohttp's heartbeat
+    alone: the plugin pings every 30 s and waits 15 s for the pong.  Until then the caller's
+    audio goes into the hung socket's buffers: lost, not held."""
+    # the call goes on (silence) past the heartbeat: a stream whose input ended would close
+    # the hung socket as finished, with no error, and never hear what it was owed
+    result = await dd.run(deepgram_server, speech, "stall", stt_connect_options(), tail=55.0)
+    assert result.error is None, result.error
+    hung, new = result.connections
+    reopened = float(str(new["opened_at"])) - result.fault_time
+    assert 15.0 <= reopened <= 30.0 + 15.0 + 5.0, reopened
+    assert hung["closed_at"] is None  # the hung server never noticed: the client gave it up
+    # what was said meanwhile (the rest of B, then C) went into the hung socket: never heard
+    assert not any(dd.hears(f, dd.C) for f in result.finals()), result.finals()
+    # the new socket's audio starts when it opened, not at the stall
+    reopened_at_sample = int((float(str(new["opened_at"])) - result.t0) * dd.RATE)
+    assert abs(dd.resumed_from(result) - reopened_at_sample) <= LOST_AT_MOST + SLACK
+
+
 async def test_after_a_long_outage_only_the_newest_speech_is_sent(
     deepgram_server: FakeDeepgramProcess, speech: dict[str, dd.Pcm]
 ) -> None:
