@@ -7,6 +7,10 @@ input and goes to the new socket (late, but nothing of it is lost).  With the fr
 defaults (3 retries, 2 s apart) the stream gives up after ~4 s of refused connects; the
 session recreates it, and after 3 more such failures in a row it closes: a Deepgram outage
 of ~20 s ends the call, with no word to the caller.  docs/reliability.md has the details.
+
+Here: retries for an hour, 0.5 s apart (``stt_connect_options``), and, as the framework would
+keep every frame of a long outage and send it all at once, an ``AudioGate`` that keeps only
+the newest 10 s for the new socket.
 """
 
 from __future__ import annotations
