@@ -125,14 +125,14 @@ async def bench(
     )
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--fault", choices=["drop", "kill", "stall", "both"], default="both")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument(
         "--defaults", action="store_true", help="the framework's retries, not stt_recovery's"
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     faults: list[dd.Fault] = ["drop", "kill"] if args.fault == "both" else [args.fault]
     if args.defaults:
         asyncio.run(bench(faults, args.runs, APIConnectOptions(), None))

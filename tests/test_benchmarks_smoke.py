@@ -89,3 +89,11 @@ def test_opus_codec(capsys: pytest.CaptureFixture[str]) -> None:
 
     opus_codec.main(["--synthetic", "--seconds", "1", "--rounds", "1"])
     assert "encode CPU ms/s" in capsys.readouterr().out
+
+
+def test_stt_drop(capsys: pytest.CaptureFixture[str]) -> None:
+    from bench import stt_drop
+
+    stt_drop.main(["--fault", "drop", "--runs", "1"])
+    out = capsys.readouterr().out
+    assert "STT gets audio again" in out and "|  drop |     0/1 |" in out
