@@ -45,6 +45,7 @@ from call_policy.outage import OutageOptions, TtsOutagePolicy
 from livekit_link import LinkWatch, WatchedAgentServer
 from llm_chain import build_chain
 from settings import ConfigError, Settings, load_settings
+from stt_recovery import gated_stt_node, stt_connect_options
 from tts_custom.knowlithictts import TTS as KnowlithicTTS
 from voice_language import check_voice_language
 
@@ -77,6 +78,9 @@ class Assistant(Agent):
 
     def __init__(self, *, instructions: str) -> None:
         super().__init__(instructions=instructions)
+
+    # While Deepgram reconnects, only the caller's latest speech waits for it.
+    stt_node = gated_stt_node
 
     async def on_enter(self) -> None:
         # Speak first, so the caller is not left in silence wondering whether anyone is there.
@@ -202,7 +206,9 @@ def build_session(
         turn_handling=turn_handling or build_turn_handling(settings),
         # The Knowlithic plugin sends word timings, so captions follow the audio word by word.
         use_tts_aligned_transcript=True,
-        conn_options=SessionConnectOptions(tts_conn_options=tts_connect_options(settings)),
+        conn_options=SessionConnectOptions(
+            tts_conn_options=tts_connect_options(settings), stt_conn_options=stt_connect_options()
+        ),
     )
 
 

@@ -36,8 +36,10 @@ class ServerProcess:
         port: int | None = None,
         host: str = "127.0.0.1",
         env: Mapping[str, str] | None = None,
+        module: str = "tts_server",
     ) -> None:
         self.args: Sequence[str] = args
+        self.module = module  # any server taking --host, --port and answering GET /health
         self.port = port or free_port()
         self.host = host
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
@@ -68,7 +70,7 @@ class ServerProcess:
         """Start it and wait until it serves; returns the seconds that took."""
         started = time.monotonic()
         self._process = await asyncio.create_subprocess_exec(
-            *(sys.executable, "-m", "tts_server", "--host", self.host),
+            *(sys.executable, "-m", self.module, "--host", self.host),
             *("--port", str(self.port), *self.args),
             cwd=REPO,
             env=self.env,
@@ -138,7 +140,7 @@ class ServerProcess:
         async with aiohttp.ClientSession() as http, asyncio.timeout(timeout):
             while True:
                 if process.returncode is not None:
-                    raise RuntimeError(f"the TTS server exited early:\n{self.log[-2000:]}")
+                    raise RuntimeError(f"{self.module} exited early:\n{self.log[-2000:]}")
                 with contextlib.suppress(aiohttp.ClientError):
                     async with http.get(health) as response:
                         if response.status == 200:

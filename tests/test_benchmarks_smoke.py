@@ -97,3 +97,11 @@ def test_llm_fallback(capsys: pytest.CaptureFixture[str]) -> None:
     llm_fallback.main(["--turns", "1", "--stall-turns", "1", "--attempt-timeout", "0.3"])
     out = capsys.readouterr().out
     assert "stall after a sentence" in out and "added to first text" in out
+
+
+def test_stt_drop(capsys: pytest.CaptureFixture[str]) -> None:
+    from bench import stt_drop
+
+    stt_drop.main(["--fault", "drop", "--runs", "1"])
+    out = capsys.readouterr().out
+    assert "STT gets audio again" in out and "|  drop |     0/1 |" in out
