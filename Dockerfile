@@ -22,13 +22,13 @@ WORKDIR /app
 COPY requirements.lock .
 RUN pip install --require-hashes -r requirements.lock
 
-COPY agent.py settings.py llm_chain.py livekit_link.py voice_language.py stt_recovery.py ./
+COPY agent.py settings.py ./
+COPY worker/ worker/
 COPY knowlithic_protocol/ knowlithic_protocol/
 COPY tts_custom/ tts_custom/
-COPY call_policy/ call_policy/
 COPY prompts/ prompts/
 # The code stays root-owned and read-only, so compile it now: each call's process imports it.
-RUN python -m compileall -q agent.py settings.py llm_chain.py livekit_link.py voice_language.py stt_recovery.py knowlithic_protocol tts_custom call_policy
+RUN python -m compileall -q agent.py settings.py worker knowlithic_protocol tts_custom
 
 # The worker runs as an unprivileged user.  download-files needs no configuration and no
 # secret; whatever a plugin fetches lands in that user's home now, never during a call.

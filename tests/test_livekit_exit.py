@@ -25,9 +25,9 @@ import pytest
 from aiohttp import web
 
 import agent
-from livekit_link import describe_url
 from tests.fake_livekit import API_SECRET, worker_env
 from tests.test_worker_drain import HEALTH_PORT, port_is_free
+from worker.livekit_link import describe_url
 
 AGENT = Path(agent.__file__).resolve()
 GIVE_UP_S = 20  # LIVEKIT_CONNECT_TIMEOUT for the quick runs: past the notice (10 s into main)

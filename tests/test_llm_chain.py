@@ -19,9 +19,9 @@ from livekit.agents.llm import AvailabilityChangedEvent
 from livekit.agents.voice.run_result import RunResult
 
 import agent
-from llm_chain import CONTINUE_INSTRUCTIONS, ModelChain, split_sentences
 from settings import load_settings
 from tests.fake_openai import FakeOpenAI, reply_for
+from worker.llm_chain import CONTINUE_INSTRUCTIONS, ModelChain, split_sentences
 
 KEY = "gsk_s3cr3t-chain"
 USER_TEXT = "My head has hurt since this morning."

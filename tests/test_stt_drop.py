@@ -25,7 +25,6 @@ from livekit.plugins import deepgram, silero
 
 import agent
 from bench.call.audio_io import CallerAudioInput, Timeline
-from stt_recovery import stt_connect_options
 from tests import deepgram_drop as dd
 from tests.audio_capture import CapturingAudioOutput
 from tests.fake_deepgram import FakeDeepgramProcess
@@ -33,6 +32,7 @@ from tests.fake_knowlithic import FakeKnowlithicServer
 from tests.plugin_helpers import eventually
 from tests.scripted_llm import ScriptedLLM
 from tests.test_assistant import settings as make_settings
+from worker.stt_recovery import stt_connect_options
 
 pytestmark = pytest.mark.timeout(240)
 SLACK = int(0.1 * dd.RATE)  # audio the client had pushed but not yet sent at the fault

@@ -23,15 +23,15 @@ from livekit.agents.voice.agent_session import SessionConnectOptions
 from livekit.agents.voice.events import CloseEvent, ErrorEvent
 
 from bench.call.audio_io import CallerAudioInput, Timeline
-from call_policy.clips import Clip, Clips, load_clips
-from call_policy.log_filter import FRAMEWORK_LOGGER, QuietTtsFailures
-from call_policy.outage import RESUME_INSTRUCTIONS, OutageOptions, TtsOutagePolicy
 from tests.audio_capture import CapturingAudioOutput, Segment
 from tests.loopback import free_port
 from tests.plugin_helpers import eventually, speak
 from tests.scripted_llm import ScriptedLLM
 from tests.server_process import DETERMINISTIC, ServerProcess
 from tts_custom.knowlithictts import TTS
+from worker.call_policy.clips import Clip, Clips, load_clips
+from worker.call_policy.log_filter import FRAMEWORK_LOGGER, QuietTtsFailures
+from worker.call_policy.outage import RESUME_INSTRUCTIONS, OutageOptions, TtsOutagePolicy
 
 RATE = 16000
 # A reply's patience (KNOWLITHIC_TIMEOUT); short so the tests are, the policy is the same.

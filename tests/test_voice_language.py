@@ -11,7 +11,7 @@ import pytest
 
 from tests.server_process import ServerProcess
 from tests.test_livekit_exit import closed_port, run_worker
-from voice_language import check_voice_language, fetch_voice_language, mismatch
+from worker.voice_language import check_voice_language, fetch_voice_language, mismatch
 
 
 @pytest.fixture
