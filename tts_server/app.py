@@ -20,6 +20,7 @@ from . import __version__
 from .admission import Capacity, RateLimiter, Streams
 from .config import ServerConfig
 from .engines import Engine, load_engine
+from .headroom import Headroom
 from .metrics import CONTENT_TYPE, Metrics
 from .scheduler import Scheduler
 from .session import Session
@@ -35,6 +36,7 @@ class _Runtime:
     owns_engine: bool
     state: ServerState | None = None
     draining: asyncio.Task[None] | None = None
+    watching: asyncio.Task[None] | None = None  # measures the loop's lag and the utilization
 
 
 _RUNTIME = web.AppKey("runtime", _Runtime)
@@ -78,15 +80,19 @@ async def _startup(app: web.Application) -> None:
     if runtime.engine is None:
         runtime.engine = await asyncio.get_running_loop().run_in_executor(None, load_engine, config)
     engine = runtime.engine
+    scheduler = Scheduler(engine.executor, engine.workers)
+    headroom = Headroom(engine.workers, config.first_audio_target)
     runtime.state = ServerState(
         config=config,
         engine=engine,
-        scheduler=Scheduler(engine.executor, engine.workers),
+        scheduler=scheduler,
         capacity=Capacity(config.max_requests),
         streams=Streams(config.max_streams, config.stream_idle_window),
+        headroom=headroom,
         rate_limiter=RateLimiter(config.rate_limit, config.rate_burst),
         metrics=Metrics(),
     )
+    runtime.watching = asyncio.create_task(headroom.watch(scheduler.busy_seconds))
 
 
 async def stop(runner: web.BaseRunner) -> None:
@@ -136,6 +142,9 @@ async def _drain(runtime: _Runtime) -> None:
 
 async def _cleanup(app: web.Application) -> None:
     runtime = app[_RUNTIME]
+    if runtime.watching is not None:
+        runtime.watching.cancel()
+        await runtime.watching
     if runtime.owns_engine and runtime.engine is not None:
         runtime.engine.close()
 
@@ -262,6 +271,9 @@ async def _health(request: web.Request) -> web.Response:
             "active_streams": state.streams.active,
             "held_streams": state.streams.held,
             "max_streams": state.streams.limit or None,
+            "predicted_first_audio": round(state.predicted_first_audio, 4),
+            "first_audio_target": state.headroom.target or None,
+            "synthesis_utilization": round(state.headroom.utilization, 4),
             "active_requests": state.capacity.in_use,
             "max_requests": state.capacity.limit,
             "workers": state.engine.workers,

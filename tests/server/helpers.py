@@ -16,9 +16,12 @@ from tts_server.app import server_state, stop
 from tts_server.config import ServerConfig
 from tts_server.state import ServerState
 
-# No stream limit unless a test sets one: the default depends on the machine's cores, and
-# tests of other features send many requests without a stream id (each is a stream).
-BASE_CONFIG = ServerConfig(hosts=("127.0.0.1",), port=0, heartbeat=5.0, workers=2, max_streams=0)
+# No stream limit and no admission by headroom unless a test sets them: both depend on the
+# machine and its load, and tests of other features send many requests without a stream id
+# (each is a stream).
+BASE_CONFIG = ServerConfig(
+    hosts=("127.0.0.1",), port=0, heartbeat=5.0, workers=2, max_streams=0, first_audio_target=0
+)
 RECEIVE_TIMEOUT = 20.0
 
 
