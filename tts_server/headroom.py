@@ -16,6 +16,10 @@ What it needs is measured, not configured:
 * the work owed: each admitted request's segments not yet synthesized, with their due times
   (when its listener runs out of audio).
 
+A job counts as late only if it would also finish after the time it would take on a server
+that owed nothing else: the target bounds the wait behind other work, so a server that owes
+nothing admits a reply however slow its own synthesis is (refusing would not make it faster).
+
 Before enough segments were measured (a cold start) the cost is at least a conservative
 prior, so a fresh server cannot admit a flood on a guess.  Only ``workers × _POOL_SHARE`` of
 the pool is counted on: the rest is headroom for sentences of admitted replies that have not
@@ -41,6 +45,7 @@ _RISE: Final = 0.3
 _FALL: Final = 0.05
 # The share of the workers' time admission counts on (see the module docstring).
 _POOL_SHARE: Final = 0.8
+_EPSILON: Final = 1e-9  # rounding, when the sums are exactly on time
 _TICK: Final = 0.05  # seconds between two looks at the event loop
 _UTILIZATION_WINDOW: Final = 5.0  # seconds the utilization is averaged over
 
@@ -148,29 +153,35 @@ class Headroom:
     # -- the test --------------------------------------------------------------------------
 
     def forecast(self, costs: Sequence[int], audio: Sequence[float]) -> Forecast:
-        """Admitting a reply whose first request has segments of ``costs`` characters."""
+        """Admitting a reply whose first request has segments of ``costs`` characters.
+
+        A job is late if it finishes after its due time and after the time it would finish
+        on a server that owed nothing else: the target bounds the wait behind other work,
+        not the server's own speed (refusing a reply would not make it faster).
+        """
         now = self.clock()
         rate = self.cost
         new = Pending(list(costs), list(audio), now + self.target)
-        owed = sorted(
-            (due, index, work, item is new)
-            for index, item in enumerate([*self.pending, new])
-            for due, work in item.jobs(now, rate)
-        )
+        owed = []
+        for index, item in enumerate([*self.pending, new]):
+            own = self.lag  # a request's segments are synthesized one after the other
+            for due, work in item.jobs(now, rate):
+                own += work
+                owed.append((due, index, work, own, item is new))
+        owed.sort()
         capacity = self.workers * _POOL_SHARE
         done = 0.0  # worker seconds that go before the job at hand
         first_audio: float | None = None
         late = False
-        for due, _, work, is_new in owed:
+        for due, _, work, own, is_new in owed:
             done += work
-            finish = now + self.lag + max(work, done / capacity)
+            finish = max(own, self.lag + done / capacity)
             if is_new and first_audio is None:
-                first_audio = finish - now
-            if first_audio is not None and finish > due:
+                first_audio = finish
+            if first_audio is not None and finish > max(due - now, own) + _EPSILON:
                 late = True  # the new reply is late, or makes a job due after it late
-        assert first_audio is not None or not costs
         first = first_audio if first_audio is not None else self.lag
-        return Forecast(first, admits=not late and first <= self.target)
+        return Forecast(first, admits=not late)
 
     def ready_for(self, characters: int) -> bool:
         """Whether a new reply whose first segment has ``characters`` would be admitted."""

@@ -150,12 +150,22 @@ class Client:
 
     async def until_done(self, *request_ids: str, timeout: float = RECEIVE_TIMEOUT) -> None:
         """Read messages until every request named has its terminal message."""
-        pending = set(request_ids)
+        done = {
+            r for r in request_ids if r in self.results and self.results[r].terminal is not None
+        }
+        pending = set(request_ids) - done  # some may have ended while reading for others
         async with asyncio.timeout(timeout):
             while pending:
                 result = self._dispatch(await self.receive())
                 if result is not None and result.terminal is not None:
                     pending.discard(result.request_id)
+
+    async def until_first(self, request_id: str, timeout: float = RECEIVE_TIMEOUT) -> None:
+        """Read messages until the request has its first audio or its terminal message."""
+        result = self.results[request_id]
+        async with asyncio.timeout(timeout):
+            while not result.audio and result.terminal is None:
+                self._dispatch(await self.receive())
 
     async def run(self, text: str, *, timeout: float = RECEIVE_TIMEOUT, **kwargs: Any) -> Result:
         result = await self.request(text, **kwargs)
