@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -18,6 +19,7 @@ import knowlithic_protocol as protocol
 
 from . import __version__
 from .admission import Capacity, RateLimiter, Streams
+from .audio import StreamResampler
 from .config import ServerConfig
 from .engines import Engine, load_engine
 from .headroom import Headroom
@@ -25,6 +27,7 @@ from .metrics import CONTENT_TYPE, Metrics
 from .scheduler import Scheduler
 from .session import Session
 from .state import ServerState
+from .text import cost
 
 _LOG = logging.getLogger("tts_server.app")
 
@@ -40,6 +43,9 @@ class _Runtime:
 
 
 _RUNTIME = web.AppKey("runtime", _Runtime)
+# What admission's start-up measurement synthesizes: a typical sentence of a reply.
+_CALIBRATION_TEXT: Final = "Your appointment is on Tuesday at three in the afternoon."
+
 # Unsent bytes the kernel keeps per connection (TCP_NOTSENT_LOWAT).  Without it, send buffers
 # autotune to megabytes, so a client that stops reading is noticed (--send-timeout) only
 # after seconds of audio pile up in them; bytes in flight are not counted, so a long fat
@@ -92,7 +98,25 @@ async def _startup(app: web.Application) -> None:
         rate_limiter=RateLimiter(config.rate_limit, config.rate_burst),
         metrics=Metrics(),
     )
+    if headroom.enabled:
+        await _calibrate(engine, headroom)
     runtime.watching = asyncio.create_task(headroom.watch(scheduler.busy_seconds))
+
+
+async def _calibrate(engine: Engine, headroom: Headroom) -> None:
+    """Measure one typical sentence alone: admission's prior until real segments are."""
+    voice = next(iter(engine.voices.values()))
+    render = functools.partial(
+        voice.render,
+        _CALIBRATION_TEXT,
+        resampler=StreamResampler(voice.sample_rate, voice.sample_rate),
+        pause_after=0.0,
+        inner_pause=0.0,
+        last=True,
+        with_words=False,
+    )
+    rendered = await asyncio.get_running_loop().run_in_executor(engine.executor, render)
+    headroom.calibrate(cost(_CALIBRATION_TEXT), rendered.compute_seconds)
 
 
 async def stop(runner: web.BaseRunner) -> None:

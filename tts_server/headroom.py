@@ -21,7 +21,8 @@ that owed nothing else: the target bounds the wait behind other work, so a serve
 nothing admits a reply however slow its own synthesis is (refusing would not make it faster).
 
 Before enough segments were measured (a cold start) the cost is at least a conservative
-prior, so a fresh server cannot admit a flood on a guess.  Only ``workers × _POOL_SHARE`` of
+prior, measured at start-up (one segment alone, counted as if every worker were busy), so a
+fresh server cannot admit a flood on a guess.  Only ``workers × _POOL_SHARE`` of
 the pool is counted on: the rest is headroom for sentences of admitted replies that have not
 arrived yet, and for the other work on the cores.
 """
@@ -35,9 +36,10 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
-# Seconds of a worker per character before enough were measured: about 1.5 times what a
-# loaded 2-core machine measured (0.004-0.007 with two busy workers), so a cold server errs on
-# refusing.  Until _WARM_SAMPLES segments were measured the estimate never goes below it.
+# Seconds of a worker per character before anything was measured (a server started without
+# its start-up measurement, :meth:`Headroom.calibrate`): about what two busy workers measured
+# on a loaded 2-core machine.  Until _WARM_SAMPLES segments were measured the estimate never
+# goes below the prior, so a cold server errs on refusing.
 COLD_SECONDS_PER_CHARACTER: Final = 0.01
 _WARM_SAMPLES: Final = 20
 # Per segment: a rise in cost counts at once, a fall slowly (no oscillation after a burst).
@@ -100,6 +102,7 @@ class Headroom:
     target: float  # seconds; 0 disables admission by headroom (the hard caps remain)
     clock: Callable[[], float] = time.monotonic
     seconds_per_character: float = COLD_SECONDS_PER_CHARACTER
+    prior: float = COLD_SECONDS_PER_CHARACTER  # the floor while cold
     samples: int = 0
     lag: float = 0.0
     utilization: float = 0.0
@@ -113,8 +116,17 @@ class Headroom:
     def cost(self) -> float:
         """Seconds of a worker per character, as admission counts it."""
         if self.samples < _WARM_SAMPLES:
-            return max(self.seconds_per_character, COLD_SECONDS_PER_CHARACTER)
+            return max(self.seconds_per_character, self.prior)
         return self.seconds_per_character
+
+    def calibrate(self, characters: int, seconds: float) -> None:
+        """The prior from one segment synthesized alone at start-up.
+
+        With every worker busy, each segment shares the cores with the others: counted as
+        ``workers`` times slower, which errs on refusing until real segments are measured.
+        """
+        if characters > 0 and seconds > 0:
+            self.prior = self.seconds_per_character = seconds / characters * self.workers
 
     # -- measurements ----------------------------------------------------------------------
 

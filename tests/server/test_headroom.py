@@ -190,6 +190,11 @@ async def test_a_cold_server_is_ready_and_admits_its_first_reply(
             health = await response.json()
         assert response.status == 200 and health["status"] == "ok"
         assert health["first_audio_target"] == 0.25 and health["max_streams"] == 48
+        # the prior was measured at start-up, not the built-in guess
+        measured = await metric(
+            http, process.http_url + "/metrics", "knowlithic_tts_synthesis_seconds_per_character"
+        )
+        assert 0 < measured != COLD_SECONDS_PER_CHARACTER
         client = await open_client(http, process.url)
         ids = await send_reply(client, "first", LONG_REPLY)
         await client.until_done(*ids, timeout=120)
@@ -263,3 +268,12 @@ async def test_the_hard_cap_still_holds_when_there_is_headroom(
     assert first.results[a[0]].completed
     cap = 'knowlithic_tts_busy_refusals_total{reason="cap"}'
     assert await metric(http, server.url("/metrics"), cap) == 1
+
+
+def test_the_cold_prior_is_measured_at_start_up() -> None:
+    headroom = Headroom(workers=2, target=0.25, clock=Clock())
+    headroom.calibrate(100, 0.3)  # one sentence alone: 3 ms a character
+    assert headroom.prior == pytest.approx(0.006)  # as if both workers were busy
+    assert headroom.cost == pytest.approx(0.006)
+    warm(headroom, 0.002)
+    assert headroom.cost == pytest.approx(0.002)
