@@ -2,10 +2,10 @@
 every reply already admitted stay ahead of its listener?
 
 The synthesis pool is an earliest-deadline-first queue (:mod:`.scheduler`), so the question
-has a classic answer, the processor-demand test: sort every job the pool still owes by its
-due time; a job finishes roughly when the work due before it, plus its own, has gone through
-the workers.  A new reply is admitted if its first segment would finish by ``now + target``
-and no job due at or after it (the only ones it can delay) would then finish late.
+can be answered by playing it forward: every segment the pool owes, in order of due time,
+starts on the first worker free (and after its request's previous segment).  A new reply is
+admitted if its first segment would finish by ``now + target`` and no segment due at or
+after it (the only ones it can delay) would then finish late.
 
 What it needs is measured, not configured:
 
@@ -22,15 +22,16 @@ nothing admits a reply however slow its own synthesis is (refusing would not mak
 
 Before enough segments were measured (a cold start) the cost is at least a conservative
 prior, measured at start-up (one segment alone, counted as if every worker were busy), so a
-fresh server cannot admit a flood on a guess.  Only ``workers × _POOL_SHARE`` of
-the pool is counted on: the rest is headroom for sentences of admitted replies that have not
-arrived yet, and for the other work on the cores.
+fresh server cannot admit a flood on a guess.  Every segment is counted as taking a ninth more
+than measured: headroom for sentences of admitted replies that have not arrived yet, and for
+the other work on the cores.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -45,8 +46,9 @@ _WARM_SAMPLES: Final = 20
 # Per segment: a rise in cost counts at once, a fall slowly (no oscillation after a burst).
 _RISE: Final = 0.3
 _FALL: Final = 0.05
-# The share of the workers' time admission counts on (see the module docstring).
-_POOL_SHARE: Final = 0.8
+# The share of the workers' time admission counts on (see the module docstring): each segment
+# is counted as taking 1 / _POOL_SHARE of its measured cost.
+_POOL_SHARE: Final = 0.9
 _EPSILON: Final = 1e-9  # rounding, when the sums are exactly on time
 _TICK: Final = 0.05  # seconds between two looks at the event loop
 _UTILIZATION_WINDOW: Final = 5.0  # seconds the utilization is averaged over
@@ -167,9 +169,12 @@ class Headroom:
     def forecast(self, costs: Sequence[int], audio: Sequence[float]) -> Forecast:
         """Admitting a reply whose first request has segments of ``costs`` characters.
 
-        A job is late if it finishes after its due time and after the time it would finish
-        on a server that owed nothing else: the target bounds the wait behind other work,
-        not the server's own speed (refusing a reply would not make it faster).
+        The pool is played forward: segments being synthesized keep their workers, then each
+        owed segment, in order of due time, starts on the first free worker once its
+        request's previous segment is done.  A segment is late if it finishes after its due
+        time and after the time it would finish on a server that owed nothing else: the
+        target bounds the wait behind other work, not the server's own speed (refusing a
+        reply would not make it faster).
         """
         now = self.clock()
         rate = self.cost
@@ -177,17 +182,20 @@ class Headroom:
         owed = []
         for index, item in enumerate([*self.pending, new]):
             own = self.lag  # a request's segments are synthesized one after the other
-            for due, work in item.jobs(now, rate):
+            for position, (due, measured) in enumerate(item.jobs(now, rate)):
+                work = measured / _POOL_SHARE
                 own += work
-                owed.append((due, index, work, own, item is new))
+                running = position == 0 and item.started is not None
+                owed.append((not running, due, index, work, own, item is new))
         owed.sort()
-        capacity = self.workers * _POOL_SHARE
-        done = 0.0  # worker seconds that go before the job at hand
+        free = [self.lag] * self.workers  # when each worker is next free, from now
+        done_at: dict[int, float] = {}  # when each request's last segment so far finishes
         first_audio: float | None = None
         late = False
-        for due, _, work, own, is_new in owed:
-            done += work
-            finish = max(own, self.lag + done / capacity)
+        for _, due, index, work, own, is_new in owed:
+            start = max(heapq.heappop(free), done_at.get(index, 0.0))
+            finish = done_at[index] = start + work
+            heapq.heappush(free, finish)
             if is_new and first_audio is None:
                 first_audio = finish
             if first_audio is not None and finish > max(due - now, own) + _EPSILON:
