@@ -1,9 +1,13 @@
-"""How many real-time conversations the Piper server holds on this machine.
+"""How many real-time conversations the Piper server holds on this machine, and how its
+admission behaves past that.
 
     python -m bench.server_capacity                       # ~3 min: both sweeps below
     python -m bench.server_capacity --limits 0 --conversations 1,2,4,6,8,10,12,14 \
         --duration 10 --repeat 3                          # the median of three sweeps
-    python -m bench.server_capacity --limits 10,8 --limited-conversations 20 --duration 20
+    python -m bench.server_capacity --limits 0,default --conversations 24 \
+        --limited-conversations 24,48 --duration 15 --repeat 2   # admission at 1x and 2x
+    python -m bench.server_capacity --limits t150,t250,t400 --limited-conversations 24,48
+    python -m bench.server_capacity --limits 8 --limited-conversations 20   # a fixed count
     python -m bench.server_capacity --server-cpus 0 --server-args="--workers 1"   # one core
     python -m bench.server_capacity --client protocol     # the server alone, no plugin
 
@@ -17,15 +21,20 @@ its audio consumed at real-time pace, then a pause while the "user" speaks, then
 
 Measured per reply: time to first audio (text pushed → first frame), and underruns: a frame
 arriving after the moment a listener who started playing at the first frame needs it (by
-more than ``--tolerance``, one audio-device buffer); playback then stalls and resumes.
+more than ``--tolerance``, one audio-device buffer); playback then stalls and resumes.  For a
+refused reply: how long its ``busy`` took (text pushed → the plugin's error).
 
-Each ``--limits`` value is one server: 0 is no stream limit (it shows how the server degrades
-past capacity), ``default`` is the server's own default (extra replies are refused with busy;
-a refused conversation tries its next reply after the user's pause, so the server stays full).
+Each ``--limits`` value is one server: 0 is no admission at all (it shows how the server
+degrades past capacity), ``default`` the server's own defaults (admission by measured
+headroom), ``tMS`` headroom with ``--first-audio-target`` MS ms, a number a fixed
+``--max-streams`` without headroom.  A refused conversation tries its next reply after the
+user's pause, so a server with admission stays full.  Servers with admission run
+``--limited-conversations`` (default 48: twice the 24 a quiet 2-core machine serves).
 A table is printed and a plot written to ``docs/benchmarks/server_capacity.png``.  The client
 side (the plugin and the framework, N conversations) runs on the same cores as the server;
 "other load" is the CPU that neither used (other people's work on a shared machine): runs
-with other load are noisy, so take the median of several (``--repeat``).
+with other load are noisy, so take the median of several (``--repeat``).  "utilization" is
+the server's own ``knowlithic_tts_synthesis_utilization``, averaged over the run.
 """
 
 from __future__ import annotations
