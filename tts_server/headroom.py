@@ -10,8 +10,8 @@ after it (the only ones it can delay) would then finish late.
 What it needs is measured, not configured:
 
 * the cost of synthesis, in seconds of a worker per character (:func:`.text.cost`), an
-  average over recent segments that rises quickly and falls slowly, so a burst is taken
-  seriously at once and a lull does not invite one;
+  average over recent segments that rises quickly and falls slowly, so a burst counts within
+  a few segments and a lull does not invite one;
 * the event loop's lag (encoding and sending run there), measured by a ticker;
 * the work owed: each admitted request's segments not yet synthesized, with their due times
   (when its listener runs out of audio).

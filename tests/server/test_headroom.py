@@ -102,7 +102,7 @@ def test_a_segment_being_synthesized_counts_only_what_is_left_of_it() -> None:
     assert jobs == pytest.approx([clock.now + 3.0, 1.0])
 
 
-def test_the_cost_rises_at_once_and_falls_slowly() -> None:
+def test_the_cost_rises_fast_and_falls_slowly() -> None:
     headroom = Headroom(workers=2, target=0.25, clock=Clock())
     warm(headroom, 0.004)
     headroom.observe_synthesis(100, 1.0)  # one slow segment (0.01 s a character)
