@@ -467,7 +467,7 @@ async def tts_server(url: str | None) -> AsyncIterator[str]:
         return
     # no reply limit: the caller's lines are synthesized in a burst before the call, and would
     # hold the default limit's places while the server reckons they are being listened to
-    async with local_tts_server("--max-streams", "0") as started:
+    async with local_tts_server("--max-streams", "0", "--first-audio-target", "0") as started:
         yield started
 
 

@@ -291,7 +291,16 @@ async def run(args: argparse.Namespace) -> Report:
     texts = TEXTS[: args.texts]
     report = Report(machine(), bandwidth=args.bandwidth, rtt=args.rtt, replies=args.replies)
     # no reply limit: the link, not the server's admission, is what is measured
-    server_args = ("--noise-scale", "0", "--noise-w", "0", "--max-streams", "0")
+    server_args = (
+        "--noise-scale",
+        "0",
+        "--noise-w",
+        "0",
+        "--max-streams",
+        "0",
+        "--first-audio-target",
+        "0",
+    )
     async with local_tts_server(*server_args) as url:
         if args.part in ("all", "open"):
             report.open_link = await open_link(url, texts, args.rounds, args.bitrates)

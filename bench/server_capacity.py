@@ -1,9 +1,13 @@
-"""How many real-time conversations the Piper server holds on this machine.
+"""How many real-time conversations the Piper server holds on this machine, and how its
+admission behaves past that.
 
     python -m bench.server_capacity                       # ~3 min: both sweeps below
     python -m bench.server_capacity --limits 0 --conversations 1,2,4,6,8,10,12,14 \
         --duration 10 --repeat 3                          # the median of three sweeps
-    python -m bench.server_capacity --limits 10,8 --limited-conversations 20 --duration 20
+    python -m bench.server_capacity --limits 0,default --conversations 24 \
+        --limited-conversations 24,48 --duration 15 --repeat 2   # admission at 1x and 2x
+    python -m bench.server_capacity --limits t150,t250,t400 --limited-conversations 24,48
+    python -m bench.server_capacity --limits 8 --limited-conversations 20   # a fixed count
     python -m bench.server_capacity --server-cpus 0 --server-args="--workers 1"   # one core
     python -m bench.server_capacity --client protocol     # the server alone, no plugin
 
@@ -17,15 +21,20 @@ its audio consumed at real-time pace, then a pause while the "user" speaks, then
 
 Measured per reply: time to first audio (text pushed → first frame), and underruns: a frame
 arriving after the moment a listener who started playing at the first frame needs it (by
-more than ``--tolerance``, one audio-device buffer); playback then stalls and resumes.
+more than ``--tolerance``, one audio-device buffer); playback then stalls and resumes.  For a
+refused reply: how long its ``busy`` took (text pushed → the plugin's error).
 
-Each ``--limits`` value is one server: 0 is no stream limit (it shows how the server degrades
-past capacity), ``default`` is the server's own default (extra replies are refused with busy;
-a refused conversation tries its next reply after the user's pause, so the server stays full).
+Each ``--limits`` value is one server: 0 is no admission at all (it shows how the server
+degrades past capacity), ``default`` the server's own defaults (admission by measured
+headroom), ``tMS`` headroom with ``--first-audio-target`` MS ms, a number a fixed
+``--max-streams`` without headroom.  A refused conversation tries its next reply after the
+user's pause, so a server with admission stays full.  Servers with admission run
+``--limited-conversations`` (default 48: twice the 24 a quiet 2-core machine serves).
 A table is printed and a plot written to ``docs/benchmarks/server_capacity.png``.  The client
 side (the plugin and the framework, N conversations) runs on the same cores as the server;
 "other load" is the CPU that neither used (other people's work on a shared machine): runs
-with other load are noisy, so take the median of several (``--repeat``).
+with other load are noisy, so take the median of several (``--repeat``).  "utilization" is
+the server's own ``knowlithic_tts_synthesis_utilization``, averaged over the run.
 """
 
 from __future__ import annotations
@@ -76,6 +85,7 @@ class Reply:
     """One reply of one conversation: refused, or its latency and its gaps in playback."""
 
     refused: bool = False
+    refused_after: float | None = None  # text pushed → busy, for a refused reply
     failed: str | None = None
     ttfa: float | None = None
     audio: float = 0.0
@@ -92,6 +102,7 @@ class Point:
     replies: list[Reply] = field(default_factory=list)
     server_refused: int = 0  # streams the server refused: as many as refused replies
     server_cores: float = 0.0  # the server's CPU use, in cores
+    utilization: float = 0.0  # the server's knowlithic_tts_synthesis_utilization, mean
     other_cores: float = 0.0  # CPU used by neither the server nor this bench: the noise
 
     @property
@@ -115,6 +126,13 @@ class Point:
     @property
     def underruns(self) -> int:
         return sum(r.underruns for r in self.admitted)
+
+    def refusal(self, q: float) -> float:
+        """Quantile of the time a refused reply waited for its busy."""
+        values = sorted(r.refused_after for r in self.replies if r.refused_after is not None)
+        if not values:
+            return float("nan")
+        return values[min(len(values) - 1, round(q * (len(values) - 1)))]
 
     @property
     def underrun_time(self) -> float:
@@ -230,6 +248,7 @@ class ProtocolSpeaker:
                     if isinstance(msg, protocol.Error):
                         if msg.code == protocol.ERR_BUSY and playback is None:
                             reply.refused = True
+                            reply.refused_after = time.perf_counter() - pushed
                         else:
                             reply.failed = f"{msg.code}: {msg.message}"
                         return finish(reply, playback)
@@ -272,6 +291,7 @@ async def speak_reply(tts: TTS, text: str, tolerance: float) -> tuple[Reply, flo
     except APIStatusError as e:
         if "error busy" in str(e):
             reply.refused = True
+            reply.refused_after = time.perf_counter() - pushed
         else:
             reply.failed = str(e)
     except Exception as e:  # the bench reports what went wrong instead of stopping
@@ -318,16 +338,26 @@ class Server:
             return response
 
 
+def server_flags(limit: str) -> list[str]:
+    """The admission flags of one ``--limits`` value (see ``--help``)."""
+    if limit == "0":  # nothing but the CPU decides
+        flags = ["--max-streams", "0", "--first-audio-target", "0", "--max-requests", "100000"]
+    elif limit == "default":
+        flags = []
+    elif limit.startswith("t"):  # admission by headroom with this target, in ms
+        flags = ["--first-audio-target", str(int(limit[1:]) / 1000)]
+    else:  # a fixed count of replies, as before admission by headroom
+        flags = ["--max-streams", limit, "--first-audio-target", "0"]
+    return flags
+
+
 @contextlib.asynccontextmanager
 async def running_server(
     limit: str, cpus: set[int] | None, extra: Sequence[str]
 ) -> AsyncIterator[Server]:
     port = free_port()
     args = ["--host", "127.0.0.1", "--port", str(port), "--rate-limit", "0"]
-    args += ["--log-level", "WARNING"]
-    if limit != "default":
-        # no stream limit also means no request limit: only the CPU decides
-        args += ["--max-streams", limit] + (["--max-requests", "100000"] if limit == "0" else [])
+    args += ["--log-level", "WARNING", *server_flags(limit)]
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "tts_server", *args, *extra, cwd=REPO
     )
@@ -366,6 +396,15 @@ async def wait_idle(server: Server) -> None:
             await asyncio.sleep(0.25)
 
 
+async def sample_utilization(server: Server, samples: list[float]) -> None:
+    """The server's own synthesis utilization, twice a second (what an autoscaler sees)."""
+    while True:
+        await asyncio.sleep(0.5)
+        value = (await server_health(server)).get("synthesis_utilization")
+        if isinstance(value, int | float):
+            samples.append(float(value))
+
+
 def cpu_seconds(pid: int | str) -> float:
     """User and system CPU time of a process, all its threads."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -393,8 +432,14 @@ async def measure(server: Server, limit: str, n: int, args: argparse.Namespace) 
         for i in range(n)
     ]
     point = Point(limit, n)
-    for replies in await asyncio.gather(*runs):
-        point.replies.extend(replies)
+    samples: list[float] = []
+    sampler = asyncio.create_task(sample_utilization(server, samples))
+    try:
+        for replies in await asyncio.gather(*runs):
+            point.replies.extend(replies)
+    finally:
+        sampler.cancel()
+    point.utilization = statistics.mean(samples) if samples else float("nan")
     point.server_refused = await refused_streams(server) - refused_before
     wall = time.perf_counter() - wall
     server_cpu, own_cpu = cpu_seconds(pid) - server_cpu, cpu_seconds("self") - own_cpu
@@ -408,13 +453,12 @@ async def sweep(args: argparse.Namespace) -> list[Point]:
     for limit in args.limits:
         async with running_server(limit, args.server_cpus, args.server_args) as server:
             health = await server_health(server)
-            max_streams = health.get("max_streams")
-            shown = limit if limit != "default" else f"default ({max_streams})"
+            shown = limit
+            if limit == "default":
+                shown = f"default ({health.get('first_audio_target')} s)"
             counts = args.conversations
-            if limit != "0" and args.limited_conversations is not None:
+            if limit != "0":
                 counts = args.limited_conversations
-            elif limit != "0" and isinstance(max_streams, int):
-                counts = [2 * max_streams]  # twice what it admits
             for n in counts:
                 point = await measure(server, shown, n, args)
                 print(row(point), flush=True)
@@ -425,17 +469,19 @@ async def sweep(args: argparse.Namespace) -> list[Point]:
 # -- report -------------------------------------------------------------------------------------
 
 HEADER = (
-    "max_streams    N  replies  admitted  refused  failed  TTFA p50  TTFA p95  "
-    "underruns  underrun s  refused (server)  server cores  other load"
+    "admission        N  replies  admitted  refused  failed  TTFA p50  TTFA p95  "
+    "underruns  underrun s  busy p95  busy max  refused (server)  server cores  "
+    "utilization  other load"
 )
 
 
 def row(p: Point) -> str:
     return (
-        f"{p.limit:>11} {p.conversations:4d} {len(p.replies):8d} {len(p.admitted):9d} "
+        f"{p.limit:>14} {p.conversations:4d} {len(p.replies):8d} {len(p.admitted):9d} "
         f"{p.refused:8d} {p.failed:7d} {p.ttfa(0.5) * 1000:7.0f}ms {p.ttfa(0.95) * 1000:7.0f}ms "
-        f"{p.underruns:10d} {p.underrun_time:11.2f} {p.server_refused:17d} "
-        f"{p.server_cores:13.2f} {p.other_cores:11.2f}"
+        f"{p.underruns:10d} {p.underrun_time:11.2f} {p.refusal(0.95) * 1000:7.0f}ms "
+        f"{p.refusal(1.0) * 1000:7.0f}ms {p.server_refused:17d} "
+        f"{p.server_cores:13.2f} {p.utilization:12.2f} {p.other_cores:11.2f}"
     )
 
 
@@ -451,6 +497,9 @@ def median_points(runs: list[list[Point]]) -> list[tuple[str, int, dict[str, flo
             "p95": statistics.median(p.ttfa(0.95) for p in points),
             "underruns": statistics.median(p.underruns for p in points),
             "underrun_time": statistics.median(p.underrun_time for p in points),
+            "busy_p95": statistics.median(p.refusal(0.95) for p in points),
+            "utilization": statistics.median(p.utilization for p in points),
+            "other": statistics.median(p.other_cores for p in points),
         }
         table.append((first.limit, first.conversations, figures))
     return table
@@ -482,7 +531,7 @@ def plot(
     for limit in dict.fromkeys(t[0] for t in table):
         rows = sorted((n, f) for name, n, f in table if name == limit)
         ns = [n for n, _ in rows]
-        label = "no limit" if limit == "0" else f"max_streams {limit}"
+        label = "no limit" if limit == "0" else f"admission {limit}"
         line = ax_ttfa.plot(ns, [f["p95"] * 1000 for _, f in rows], "o-", label=f"{label} p95")
         color = line[0].get_color()
         ax_ttfa.plot(ns, [f["p50"] * 1000 for _, f in rows], "x--", color=color, label="p50")
@@ -523,13 +572,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--limits",
         type=lambda s: [x.strip() for x in s.split(",") if x.strip()],
         default=["0", "default"],
-        help="--max-streams of each server: a number (0: no limit) or 'default'",
+        help="admission of each server: 0 (none: only the CPU decides), 'default' (the "
+        "server's defaults), tMS (headroom with --first-audio-target MS ms), or a number "
+        "(a fixed --max-streams, no headroom)",
     )
     parser.add_argument(
         "--limited-conversations",
         type=_ints,
-        default=None,
-        help="values of N for servers with a limit (default: twice the limit)",
+        default=[48],
+        help="values of N for servers with admission (default: 48, twice the 24 this "
+        "2-core machine serves)",
     )
     parser.add_argument(
         "--duration", type=float, default=12.0, help="seconds in which replies start, per N"
@@ -563,12 +615,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     table = median_points(runs)
     if args.repeat > 1:
         print(f"\nmedian of {args.repeat} runs")
-        print("max_streams    N  admitted  refused  TTFA p50  TTFA p95  underruns  underrun s")
+        print(
+            "admission        N  admitted  refused  TTFA p50  TTFA p95  underruns  underrun s"
+            "  busy p95  utilization  other load"
+        )
         for limit, n, f in table:
             print(
-                f"{limit:>11} {n:4d} {f['admitted']:9.0f} {f['refused']:8.0f} "
+                f"{limit:>14} {n:4d} {f['admitted']:9.0f} {f['refused']:8.0f} "
                 f"{f['p50'] * 1000:7.0f}ms {f['p95'] * 1000:7.0f}ms {f['underruns']:10.0f} "
-                f"{f['underrun_time']:11.2f}"
+                f"{f['underrun_time']:11.2f} {f['busy_p95'] * 1000:7.0f}ms "
+                f"{f['utilization']:12.2f} {f['other']:11.2f}"
             )
     if "0" in args.limits:
         best = capacity(table, "0", args.ttfa_p95, args.stall)

@@ -27,7 +27,7 @@ async def test_a_short_call_is_heard_in_order_without_cut_ins_and_a_barge_in_is_
     assert len(script.turns) >= 4
     assert any(len(t.caller) > 1 for t in script.turns)  # a mid-sentence pause
     barge = next(i for i, t in enumerate(script.turns) if t.barge_in_after_s is not None)
-    async with local_tts_server("--max-streams", "0") as url:
+    async with local_tts_server("--max-streams", "0", "--first-audio-target", "0") as url:
         voice = await caller_voice(url, script)
         run = await run_call(
             script,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -18,12 +19,15 @@ import knowlithic_protocol as protocol
 
 from . import __version__
 from .admission import Capacity, RateLimiter, Streams
+from .audio import StreamResampler
 from .config import ServerConfig
 from .engines import Engine, load_engine
+from .headroom import Headroom
 from .metrics import CONTENT_TYPE, Metrics
 from .scheduler import Scheduler
 from .session import Session
 from .state import ServerState
+from .text import cost
 
 _LOG = logging.getLogger("tts_server.app")
 
@@ -35,9 +39,13 @@ class _Runtime:
     owns_engine: bool
     state: ServerState | None = None
     draining: asyncio.Task[None] | None = None
+    watching: asyncio.Task[None] | None = None  # measures the loop's lag and the utilization
 
 
 _RUNTIME = web.AppKey("runtime", _Runtime)
+# What admission's start-up measurement synthesizes: a typical sentence of a reply.
+_CALIBRATION_TEXT: Final = "Your appointment is on Tuesday at three in the afternoon."
+
 # Unsent bytes the kernel keeps per connection (TCP_NOTSENT_LOWAT).  Without it, send buffers
 # autotune to megabytes, so a client that stops reading is noticed (--send-timeout) only
 # after seconds of audio pile up in them; bytes in flight are not counted, so a long fat
@@ -78,15 +86,37 @@ async def _startup(app: web.Application) -> None:
     if runtime.engine is None:
         runtime.engine = await asyncio.get_running_loop().run_in_executor(None, load_engine, config)
     engine = runtime.engine
+    scheduler = Scheduler(engine.executor, engine.workers)
+    headroom = Headroom(engine.workers, config.first_audio_target)
     runtime.state = ServerState(
         config=config,
         engine=engine,
-        scheduler=Scheduler(engine.executor, engine.workers),
+        scheduler=scheduler,
         capacity=Capacity(config.max_requests),
         streams=Streams(config.max_streams, config.stream_idle_window),
+        headroom=headroom,
         rate_limiter=RateLimiter(config.rate_limit, config.rate_burst),
         metrics=Metrics(),
     )
+    if headroom.enabled:
+        await _calibrate(engine, headroom)
+    runtime.watching = asyncio.create_task(headroom.watch(scheduler.busy_seconds))
+
+
+async def _calibrate(engine: Engine, headroom: Headroom) -> None:
+    """Measure one typical sentence alone: admission's prior until real segments are."""
+    voice = next(iter(engine.voices.values()))
+    render = functools.partial(
+        voice.render,
+        _CALIBRATION_TEXT,
+        resampler=StreamResampler(voice.sample_rate, voice.sample_rate),
+        pause_after=0.0,
+        inner_pause=0.0,
+        last=True,
+        with_words=False,
+    )
+    rendered = await asyncio.get_running_loop().run_in_executor(engine.executor, render)
+    headroom.calibrate(cost(_CALIBRATION_TEXT), rendered.compute_seconds)
 
 
 async def stop(runner: web.BaseRunner) -> None:
@@ -136,6 +166,9 @@ async def _drain(runtime: _Runtime) -> None:
 
 async def _cleanup(app: web.Application) -> None:
     runtime = app[_RUNTIME]
+    if runtime.watching is not None:
+        runtime.watching.cancel()
+        await runtime.watching
     if runtime.owns_engine and runtime.engine is not None:
         runtime.engine.close()
 
@@ -262,6 +295,9 @@ async def _health(request: web.Request) -> web.Response:
             "active_streams": state.streams.active,
             "held_streams": state.streams.held,
             "max_streams": state.streams.limit or None,
+            "predicted_first_audio": round(state.predicted_first_audio, 4),
+            "first_audio_target": state.headroom.target or None,
+            "synthesis_utilization": round(state.headroom.utilization, 4),
             "active_requests": state.capacity.in_use,
             "max_requests": state.capacity.limit,
             "workers": state.engine.workers,

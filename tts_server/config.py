@@ -21,11 +21,13 @@ from knowlithic_protocol.limits import DEFAULT_BITRATE, MAX_BITRATE, MIN_BITRATE
 from .engines import ENGINE_NAMES
 
 BUNDLED_VOICE: Final = "joe"
-# Replies spoken at once.  bench/server_capacity.py measured 10 kept real-time (first audio
-# p95 under 400 ms, no gap in playback) on 2 cores with the default flags, and as many with
-# the server pinned to one core: the limit is not proportional to cores, so it is a number,
-# with a fifth of headroom for whatever else the machine runs (docs/server.md, "Capacity").
-DEFAULT_MAX_STREAMS: Final = 8
+# Replies are admitted by measured headroom (--first-audio-target); this count is only a
+# safety net against a wrong prediction (very short replies, a machine the prior misjudges):
+# twice the 24 conversations bench/server_capacity.py kept real-time on 2 cores.
+DEFAULT_MAX_STREAMS: Final = 48
+# The first audio a new reply must be predicted to get, in seconds: chosen by measurement
+# (docs/server.md, "Admission by measured headroom").
+DEFAULT_FIRST_AUDIO_TARGET: Final = 0.25
 # Voice names and aliases stay within what a request may name (so every valid request has a
 # size bound: min_message_size).
 MAX_VOICE_LENGTH: Final = protocol.MAX_VOICE_LENGTH
@@ -275,19 +277,28 @@ class ServerConfig:
         convert=_positive_int,
     )
     max_requests: int = setting(
-        32,
+        4 * DEFAULT_MAX_STREAMS,
         "MAX_REQUESTS",
         "Requests in flight on the whole server: with this many, a new stream gets error busy "
         "(at once, never queued); requests of streams already admitted still start.",
         convert=_positive_int,
     )
+    first_audio_target: float = setting(
+        DEFAULT_FIRST_AUDIO_TARGET,
+        "FIRST_AUDIO_TARGET",
+        "Seconds: a new reply is admitted while the server predicts, from what it measures "
+        "(synthesis cost, event-loop lag, the work it owes), that the reply's first audio "
+        "goes out within this and every admitted reply stays ahead of its playback; others "
+        "get error busy at once. 0: no admission by headroom (only the hard caps).",
+        convert=_non_negative_float,
+    )
     max_streams: int = setting(
         DEFAULT_MAX_STREAMS,
         "MAX_STREAMS",
-        "Replies spoken at once (a stream is every sentence request of one reply, by its "
-        "stream_id; a request without one is a stream of its own). A request of a new stream "
-        "over the limit gets error busy; later sentences of an admitted reply are never "
-        "refused for capacity. 0: no limit. Measure a machine with bench/server_capacity.py.",
+        "Hard cap on replies spoken at once, a safety net under --first-audio-target (a "
+        "stream is every sentence request of one reply, by its stream_id; a request without "
+        "one is a stream of its own). A request of a new stream over it gets error busy; "
+        "later sentences of an admitted reply are never refused for capacity. 0: no cap.",
         convert=_non_negative_int,
     )
     stream_idle_window: float = setting(

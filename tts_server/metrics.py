@@ -51,6 +51,35 @@ class Metrics:
             ["outcome"],
             registry=self.registry,
         )
+        self.utilization = Gauge(
+            "knowlithic_tts_synthesis_utilization",
+            "Share of the synthesis workers' time in use, averaged over about 5 s (0 to 1): "
+            "what an autoscaler follows.",
+            registry=self.registry,
+        )
+        self.predicted_first_audio = Gauge(
+            "knowlithic_tts_predicted_first_audio_seconds",
+            "Seconds a new reply of typical length would wait for its first audio now, as "
+            "admission predicts it (over --first-audio-target: it would get busy).",
+            registry=self.registry,
+        )
+        self.seconds_per_character = Gauge(
+            "knowlithic_tts_synthesis_seconds_per_character",
+            "Worker seconds per character of text, as admission counts it (measured).",
+            registry=self.registry,
+        )
+        self.loop_lag = Gauge(
+            "knowlithic_tts_event_loop_lag_seconds",
+            "How late the event loop wakes up (measured; encoding and sending run there).",
+            registry=self.registry,
+        )
+        self.refusals = Counter(
+            "knowlithic_tts_busy_refusals",
+            "New replies refused with busy, by reason: headroom (the predicted first audio or "
+            "an admitted reply's lead), cap (--max-streams or --max-requests).",
+            ["reason"],
+            registry=self.registry,
+        )
         self.requests = Counter(
             "knowlithic_tts_requests",
             "Requests that ended, by outcome (complete, cancelled, error).",

@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import AsyncGenerator
-from typing import Final
+import time
+from collections.abc import AsyncGenerator, Callable
+from typing import Any, Final
 
 import knowlithic_protocol as protocol
 from knowlithic_protocol import formats
@@ -20,8 +21,9 @@ from knowlithic_protocol import formats
 from . import audio
 from .audio import StreamResampler
 from .engines import RenderedSegment, Voice
+from .headroom import Pending
 from .state import ServerState
-from .text import Boundary, Segment
+from .text import Boundary, Segment, cost
 from .timestamps import TimedWord
 
 _LOG = logging.getLogger("tts_server.rendering")
@@ -43,6 +45,7 @@ class Rendering:
         *,
         arrived: float,
         needed_at: float,
+        estimate: float,
     ) -> None:
         self._msg = msg
         self._voice = voice
@@ -54,6 +57,18 @@ class Rendering:
         self.audio_seconds = 0.0  # rendered so far, on the voice's own timeline
         self._sequence = 0
         self._encoder_rate = msg.sample_rate
+        # The work this request owes the synthesis pool, counted by admission until it ends:
+        # a reply's first audio is due within the target, a later sentence when the audio
+        # before it runs out.
+        costs = [cost(s.text) for s in segments]
+        total = sum(costs) or 1
+        due = needed_at + (state.headroom.target if needed_at <= arrived else 0.0)
+        self.pending = Pending(costs, [estimate * c / total for c in costs], due)
+        state.headroom.add(self.pending)
+
+    def release(self) -> None:
+        """The request ended: it owes nothing more."""
+        self._state.headroom.remove(self.pending)
 
     async def messages(self) -> AsyncGenerator[protocol.ServerMessage, None]:
         msg, voice, state = self._msg, self._voice, self._state
@@ -72,9 +87,13 @@ class Rendering:
         )
         self._encoder_rate = encoder.sample_rate  # a format may not offer the rate asked for
         compute = 0.0
+        headroom, pending = state.headroom, self.pending
+        anchor: float | None = None  # when the listener started (or resumed) hearing it
         last_index = len(self._segments) - 1
         for index, segment in enumerate(self._segments):
             render = functools.partial(
+                _timed,
+                pending,
                 voice.render,
                 segment.text,
                 resampler=resampler,
@@ -88,6 +107,7 @@ class Rendering:
                 render, self._needed_at + self.audio_seconds
             )
             compute += rendered.compute_seconds
+            headroom.observe_synthesis(cost(segment.text), rendered.compute_seconds)
             if rendered.words:
                 yield protocol.WordTimestamps(
                     request_id=msg.request_id,
@@ -95,6 +115,9 @@ class Rendering:
                     estimated=rendered.estimated,
                 )
             self.audio_seconds += rendered.native_seconds
+            if anchor is None:
+                anchor = max(self._needed_at, asyncio.get_running_loop().time())
+            pending.end_segment(anchor + self.audio_seconds)
             position = 0
             total = len(rendered.pcm) // 2
             if self._sequence == 0 and first_samples < min(chunk_samples, total):
@@ -134,6 +157,14 @@ class Rendering:
         )
         self._sequence += 1
         return message
+
+
+def _timed(
+    pending: Pending, render: Callable[..., RenderedSegment], text: str, **how: Any
+) -> RenderedSegment:
+    """Render in the worker thread, telling admission when the work began."""
+    pending.begin_segment(time.monotonic())
+    return render(text, **how)
 
 
 def _shifted(words: tuple[TimedWord, ...], offset: float) -> tuple[protocol.WordTiming, ...]:

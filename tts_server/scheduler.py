@@ -15,6 +15,7 @@ import asyncio
 import functools
 import heapq
 import itertools
+import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -39,6 +40,13 @@ class Scheduler:
         self._free = workers
         self._heap: list[_Job] = []
         self._seq = itertools.count()
+        self._busy = 0.0  # worker seconds of the jobs that ended
+        self._running: dict[int, float] = {}  # when each running job was handed to a worker
+
+    def busy_seconds(self) -> float:
+        """Worker seconds used so far, running jobs included (for the utilization)."""
+        now = time.monotonic()
+        return self._busy + sum(now - started for started in self._running.values())
 
     @property
     def queued(self) -> int:
@@ -67,10 +75,12 @@ class Scheduler:
                 job.future.set_exception(e)
                 continue
             self._free -= 1
+            self._running[job.seq] = time.monotonic()
             running.add_done_callback(functools.partial(self._finished, job))
 
     def _finished(self, job: _Job, done: asyncio.Future[Any]) -> None:
         self._free += 1
+        self._busy += time.monotonic() - self._running.pop(job.seq)
         # Read the outcome even when nobody waits for it any more, or asyncio logs
         # "exception was never retrieved".
         exc = None if done.cancelled() else done.exception()

@@ -177,7 +177,13 @@ class Session:
             return
         now = asyncio.get_running_loop().time()
         rendering = Rendering(
-            msg, verdict.voice, verdict.segments, state, arrived=now, needed_at=now + verdict.delay
+            msg,
+            verdict.voice,
+            verdict.segments,
+            state,
+            arrived=now,
+            needed_at=now + verdict.delay,
+            estimate=verdict.estimate,
         )
         request = _Request(msg, verdict.stream, verdict.estimate, rendering)
         self._requests[rid] = request
@@ -222,6 +228,7 @@ class Session:
             # Out of the books before the terminal message goes out, so a client that reuses
             # the id right after reading it is not told it is a duplicate.
             del self._requests[rid]
+            request.rendering.release()
             self.state.capacity.release()
             self.state.streams.end(
                 request.stream,

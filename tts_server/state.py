@@ -14,6 +14,7 @@ import knowlithic_protocol as protocol
 from .admission import Capacity, RateLimiter, Streams
 from .config import ServerConfig
 from .engines import Engine, Voice
+from .headroom import Headroom
 from .metrics import Metrics
 from .scheduler import Scheduler
 
@@ -22,6 +23,9 @@ if TYPE_CHECKING:
 
 # the output rates a request may ask for (the voice's audio is resampled to it)
 SAMPLE_RATES: Final = (8000, 16000, 22050, 24000, 44100, 48000)
+# A reply's first segment, in characters, when no reply is at hand (/health, /metrics): a
+# first clause split off a sentence (text.py) is mostly 20-60.
+_TYPICAL_FIRST_SEGMENT: Final = 50
 
 
 @dataclass
@@ -33,6 +37,7 @@ class ServerState:
     scheduler: Scheduler
     capacity: Capacity
     streams: Streams
+    headroom: Headroom
     rate_limiter: RateLimiter
     metrics: Metrics
     sessions: set[Session] = field(default_factory=set)
@@ -41,6 +46,11 @@ class ServerState:
 
     def __post_init__(self) -> None:
         self.metrics.active_streams.set_function(lambda: self.streams.active)
+        headroom, metrics = self.headroom, self.metrics
+        metrics.utilization.set_function(lambda: headroom.utilization)
+        metrics.seconds_per_character.set_function(lambda: headroom.cost)
+        metrics.loop_lag.set_function(lambda: headroom.lag)
+        metrics.predicted_first_audio.set_function(lambda: self.predicted_first_audio)
         self.aliases = dict(self.config.aliases)
         for alias, target in self.aliases.items():
             if target not in self.engine.voices or alias in self.engine.voices:
@@ -52,9 +62,19 @@ class ServerState:
         return self.engine.voices.get(self.aliases.get(key, key))
 
     @property
-    def full(self) -> bool:
-        """Whether a new stream would be refused with busy (idle streams yield their place)."""
+    def capped(self) -> bool:
+        """Whether a hard cap refuses a new stream (idle streams yield their place)."""
         return self.streams.full or self.capacity.full
+
+    @property
+    def predicted_first_audio(self) -> float:
+        """Seconds a new reply of typical length would wait for its first audio now."""
+        return self.headroom.forecast([_TYPICAL_FIRST_SEGMENT], [0.0]).first_audio
+
+    @property
+    def full(self) -> bool:
+        """Whether a new reply of typical length would be refused with busy."""
+        return self.capped or not self.headroom.ready_for(_TYPICAL_FIRST_SEGMENT)
 
     @property
     def voice_names(self) -> tuple[str, ...]:

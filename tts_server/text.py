@@ -98,7 +98,7 @@ def split_segments(text: str, *, first_clause: bool = True) -> list[Segment]:
         pieces = _split_long(sentence)
         if index == 0 and first_clause:
             pieces = _split_first_clause(pieces[0]) + pieces[1:]
-            if _cost(pieces[0]) > len(pieces[0]):  # letters spelled out: start with a few
+            if cost(pieces[0]) > len(pieces[0]):  # letters spelled out: start with a few
                 pieces = _split_long(pieces[0], FIRST_SPELLED_SEGMENT_COST) + pieces[1:]
         segments.extend(Segment(p, Boundary.CLAUSE) for p in pieces[:-1])
         segments.append(Segment(pieces[-1], Boundary.SENTENCE))
@@ -128,7 +128,7 @@ def _spelled(ch: str) -> bool:
     return ch.isalpha() and ord(ch) >= 0x250 and not 0x1E00 <= ord(ch) < 0x1F00
 
 
-def _cost(text: str) -> int:
+def cost(text: str) -> int:
     """A segment's size in Latin characters: what it costs to synthesize and to hear."""
     return len(text) + (SPELLED_LETTER_COST - 1) * sum(map(_spelled, text))
 

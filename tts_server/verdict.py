@@ -17,7 +17,7 @@ from .admission import StreamKey
 from .config import ServerConfig
 from .engines import Voice
 from .state import ServerState
-from .text import Segment, split_segments
+from .text import Segment, cost, split_segments
 
 # A low estimate of the pace of speech (joe: 0.047-0.064 s per character, pauses included):
 # a later sentence of a reply is scheduled for when the audio before it would run out, and
@@ -69,7 +69,7 @@ def judge(
     if not segments:
         return NothingToSay()
     stream = (client, msg.stream_id) if msg.stream_id is not None else None
-    if not _has_place(state, stream):
+    if not _has_place(state, stream, segments):
         return Refuse(protocol.ERR_BUSY, "the server is at capacity; retry shortly")
     estimate = _estimated_seconds(segments, state.config)
     delay = state.streams.begin(stream, estimate)
@@ -120,19 +120,30 @@ def _refusal(
     return None
 
 
-def _has_place(state: ServerState, stream: StreamKey | None) -> bool:
+def _has_place(state: ServerState, stream: StreamKey | None, segments: list[Segment]) -> bool:
     """Whether the request's reply is, or may become, one the server is speaking.
 
     A reply is admitted or refused as a whole, at its first request: the later ones of an
-    admitted reply always have a place, those of a refused one never (for a while).
+    admitted reply always have a place, those of a refused one never (for a while).  A new
+    reply needs the headroom to get its first audio in time without making an admitted one
+    late (:mod:`.headroom`), and a place under the hard caps.
     """
-    streams, metrics = state.streams, state.metrics
+    streams, metrics, headroom = state.streams, state.metrics, state.headroom
     if streams.admitted(stream):
         return True
     if streams.refused(stream):
         return False
-    if state.full:
+    reason = None
+    if state.capped:
+        reason = "cap"
+    elif headroom.enabled:
+        costs = [cost(s.text) for s in segments]
+        pace = _SECONDS_PER_CHARACTER * (state.config.length_scale or 1.0)
+        if not headroom.forecast(costs, [c * pace for c in costs]).admits:
+            reason = "headroom"
+    if reason is not None:
         metrics.streams.labels("refused").inc()
+        metrics.refusals.labels(reason).inc()
         streams.refuse(stream)
         return False
     if streams.make_room():

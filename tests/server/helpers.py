@@ -16,9 +16,12 @@ from tts_server.app import server_state, stop
 from tts_server.config import ServerConfig
 from tts_server.state import ServerState
 
-# No stream limit unless a test sets one: the default depends on the machine's cores, and
-# tests of other features send many requests without a stream id (each is a stream).
-BASE_CONFIG = ServerConfig(hosts=("127.0.0.1",), port=0, heartbeat=5.0, workers=2, max_streams=0)
+# No stream limit and no admission by headroom unless a test sets them: both depend on the
+# machine and its load, and tests of other features send many requests without a stream id
+# (each is a stream).
+BASE_CONFIG = ServerConfig(
+    hosts=("127.0.0.1",), port=0, heartbeat=5.0, workers=2, max_streams=0, first_audio_target=0
+)
 RECEIVE_TIMEOUT = 20.0
 
 
@@ -147,12 +150,22 @@ class Client:
 
     async def until_done(self, *request_ids: str, timeout: float = RECEIVE_TIMEOUT) -> None:
         """Read messages until every request named has its terminal message."""
-        pending = set(request_ids)
+        done = {
+            r for r in request_ids if r in self.results and self.results[r].terminal is not None
+        }
+        pending = set(request_ids) - done  # some may have ended while reading for others
         async with asyncio.timeout(timeout):
             while pending:
                 result = self._dispatch(await self.receive())
                 if result is not None and result.terminal is not None:
                     pending.discard(result.request_id)
+
+    async def until_first(self, request_id: str, timeout: float = RECEIVE_TIMEOUT) -> None:
+        """Read messages until the request has its first audio or its terminal message."""
+        result = self.results[request_id]
+        async with asyncio.timeout(timeout):
+            while not result.audio and result.terminal is None:
+                self._dispatch(await self.receive())
 
     async def run(self, text: str, *, timeout: float = RECEIVE_TIMEOUT, **kwargs: Any) -> Result:
         result = await self.request(text, **kwargs)
