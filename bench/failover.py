@@ -147,10 +147,7 @@ async def busy_round(cases: dict[str, Case], full: ServerProcess, b: ServerProce
     await asyncio.sleep(2.5)  # the full server's idle window: its place is free again
 
 
-async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=5)
-    args = parser.parse_args()
+async def run(rounds: int) -> None:
     names = (
         "first audio, both up",
         "first audio, preferred just died",
@@ -165,10 +162,10 @@ async def main() -> None:
     full = ServerProcess(*DETERMINISTIC, "--max-streams", "1")
     await asyncio.gather(a.start(), b.start(), full.start())
     try:
-        for number in range(args.rounds):
+        for number in range(rounds):
             await one_round(cases, a, b)
             await busy_round(cases, full, b)
-            print(f"round {number + 1}/{args.rounds} done", flush=True)
+            print(f"round {number + 1}/{rounds} done", flush=True)
     finally:
         await asyncio.gather(a.stop(), b.stop(), full.stop())
     rows = []
@@ -179,5 +176,12 @@ async def main() -> None:
     print(table(["case", "n", "p50 ms", "p95 ms"], rows))
 
 
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args(argv)
+    asyncio.run(run(args.rounds))
+
+
 if __name__ == "__main__":
-    asyncio.run(main())
+    main()

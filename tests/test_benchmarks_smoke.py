@@ -105,3 +105,11 @@ def test_stt_drop(capsys: pytest.CaptureFixture[str]) -> None:
     stt_drop.main(["--fault", "drop", "--runs", "1"])
     out = capsys.readouterr().out
     assert "STT gets audio again" in out and "|  drop |     0/1 |" in out
+
+
+def test_failover(capsys: pytest.CaptureFixture[str]) -> None:
+    from bench import failover
+
+    failover.main(["--rounds", "1"])
+    out = capsys.readouterr().out
+    assert "first audio, preferred full" in out and "silence, one server restarted" in out
