@@ -122,9 +122,20 @@ async def sentence_cost(server: FakeOpenAI, turns: int, timeout: float) -> list[
 
 
 async def run(turns: int, stall_turns: int, timeout: float) -> None:
-    # a switch a turn is the point here: no warning for each
-    for name in ("agent.llm", "livekit.agents"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+    # a switch a turn is the point here: no warning for each (restored after: the smoke test
+    # runs this in the test process)
+    quiet = [logging.getLogger(name) for name in ("agent.llm", "livekit.agents")]
+    levels = [logger.level for logger in quiet]
+    for logger in quiet:
+        logger.setLevel(logging.ERROR)
+    try:
+        await _run(turns, stall_turns, timeout)
+    finally:
+        for logger, level in zip(quiet, levels, strict=True):
+            logger.setLevel(level)
+
+
+async def _run(turns: int, stall_turns: int, timeout: float) -> None:
     server = FakeOpenAI()
     await server.start()
     rows: list[list[object]] = []
