@@ -15,10 +15,8 @@ import contextlib
 import time
 from collections.abc import AsyncIterator
 
-import numpy as np
 import pytest
 from livekit.agents import APIConnectionError, APIConnectOptions, APIError, APITimeoutError
-from livekit.agents.tts import TTSError
 
 from knowlithic_protocol import OutputFormat
 from tests.plugin_helpers import (
@@ -28,10 +26,9 @@ from tests.plugin_helpers import (
     WORKER,
     Spoken,
     eventually,
-    loudness,
     speak,
 )
-from tests.server.asr import normalize, transcribe, word_errors
+from tests.resumed_reply import assert_resumed, collect_errors, speak_through_fault
 from tests.server_process import DETERMINISTIC, ServerProcess
 from tts_custom.backoff import STABLE_AFTER
 from tts_custom.knowlithictts import TTS
@@ -56,12 +53,6 @@ async def tts(tts_server: ServerProcess) -> AsyncIterator[TTS]:
     await plugin.aclose()
 
 
-def collect_errors(plugin: TTS) -> list[TTSError]:
-    errors: list[TTSError] = []
-    plugin.on("error", errors.append)
-    return errors
-
-
 @pytest.mark.parametrize(
     ("kill_after", "output_format"), [(0.5, "wav"), (3.0, "wav"), (0.5, "opus"), (3.0, "opus")]
 )
@@ -78,34 +69,10 @@ async def test_a_restart_mid_reply_costs_a_pause_not_the_reply(
 async def _restart_mid_reply(kill_after: float, tts_server: ServerProcess, tts: TTS) -> None:
     reference = await speak(tts, LONG_REPLY)
     errors = collect_errors(tts)
-    spoken = Spoken()
-    restart: asyncio.Task[float] | None = None
-    heard_before_kill = 0
-    try:
-        async with tts.stream(conn_options=WORKER) as stream:
-            stream.push_text(LONG_REPLY)
-            stream.end_input()
-            async for event in stream:
-                spoken.add(event)
-                if restart is None and len(spoken.pcm) >= kill_after * BYTES_PER_SECOND:
-                    heard_before_kill = len(spoken.pcm)
-                    restart = asyncio.create_task(tts_server.restart())
-    finally:
-        down = await restart if restart is not None else 0.0  # never leave it half-started
+    spoken, heard_before_kill, down = await speak_through_fault(tts, kill_after, tts_server.restart)
     assert 0.5 < down < 4.0  # a real restart: a new process loaded its voice
     assert not errors
-    # nothing lost, nothing twice: as long as the undisturbed reply, and the same up to the
-    # kill (the rest is the new process's rendition, resumed where the caller stopped)
-    assert abs(len(spoken.pcm) - len(reference.pcm)) <= 0.05 * BYTES_PER_SECOND
-    assert spoken.pcm[:heard_before_kill] == reference.pcm[:heard_before_kill]
-    # the same speech at the same moments: no gap, no sentence moved or repeated
-    assert np.corrcoef(loudness(spoken.pcm), loudness(reference.pcm))[0, 1] > 0.95
-    if tts._opts.output_format != "opus":
-        # lossless: the recognizer hears the same sounds (with Opus the new rendition's
-        # coding differs slightly, and pocketsphinx's whole-utterance search with it)
-        heard = normalize(transcribe(spoken.pcm))
-        undisturbed = normalize(transcribe(reference.pcm))
-        assert word_errors(undisturbed, heard) <= 2, (" ".join(undisturbed), " ".join(heard))
+    assert_resumed(spoken, reference, heard_before_kill, lossless=tts._opts.output_format != "opus")
 
 
 async def _first_audio_at(plugin: TTS, text: str, options: APIConnectOptions) -> float:

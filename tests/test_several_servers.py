@@ -29,9 +29,8 @@ from tests.plugin_helpers import (
     loudness,
     speak,
 )
-from tests.server.asr import normalize, transcribe, word_errors
+from tests.resumed_reply import assert_resumed, collect_errors, speak_through_fault
 from tests.server_process import DETERMINISTIC, ServerProcess
-from tests.test_server_restarts import collect_errors
 from tts_custom.knowlithictts import TTS
 from tts_custom.server_pool import BUSY_REST, FORGIVE_AFTER, RETURN_AFTER, _Server
 from tts_custom.synthesis import MOVE_AFTER_SILENCE
@@ -41,20 +40,16 @@ def _server(*args: str) -> ServerProcess:
     return ServerProcess(*DETERMINISTIC, "--log-level", "INFO", *args)
 
 
-@pytest.fixture
-async def first() -> AsyncIterator[ServerProcess]:
+async def _running() -> AsyncIterator[ServerProcess]:
     server = _server()
     await server.start()
     yield server
     await server.stop()
 
 
-@pytest.fixture
-async def second() -> AsyncIterator[ServerProcess]:
-    server = _server()
-    await server.start()
-    yield server
-    await server.stop()
+# the preferred server and the next, each a process of its own
+first = pytest.fixture(_running, name="first")
+second = pytest.fixture(_running, name="second")
 
 
 async def converse(tts: TTS) -> None:
@@ -78,29 +73,14 @@ async def test_a_death_mid_reply_moves_the_reply_to_the_next_server_with_nothing
         reference = await speak(tts, LONG_REPLY)
         assert speaking_through(tts) == first.url
         errors = collect_errors(tts)
-        spoken = Spoken()
-        heard_before_kill = 0
-        killed: asyncio.Task[None] | None = None
-        async with tts.stream(conn_options=WORKER) as stream:
-            stream.push_text(LONG_REPLY)
-            stream.end_input()
-            async for event in stream:
-                spoken.add(event)
-                if killed is None and len(spoken.pcm) >= 1.5 * BYTES_PER_SECOND:
-                    heard_before_kill = len(spoken.pcm)
-                    killed = asyncio.create_task(first.kill())  # and it stays dead
-        assert killed is not None
-        await killed
+        spoken, heard_before_kill, _ = await speak_through_fault(
+            tts,
+            1.5,
+            first.kill,  # and it stays dead
+        )
         assert not errors
         assert speaking_through(tts) == second.url
-        # nothing lost, nothing twice: the undisturbed reply's length and speech, the same
-        # samples up to the kill (the rest is the second server's rendition, resumed)
-        assert abs(len(spoken.pcm) - len(reference.pcm)) <= 0.05 * BYTES_PER_SECOND
-        assert spoken.pcm[:heard_before_kill] == reference.pcm[:heard_before_kill]
-        assert np.corrcoef(loudness(spoken.pcm), loudness(reference.pcm))[0, 1] > 0.95
-        heard = normalize(transcribe(spoken.pcm))
-        undisturbed = normalize(transcribe(reference.pcm))
-        assert word_errors(undisturbed, heard) <= 2, (" ".join(undisturbed), " ".join(heard))
+        assert_resumed(spoken, reference, heard_before_kill, lossless=True)
         # the next turns go straight to the second server
         assert (await speak(tts, SHORT, conn_options=WORKER)).pcm
         assert not errors
