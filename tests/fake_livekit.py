@@ -9,10 +9,18 @@ records every status update.  It never offers a job: no media server runs here.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
+import pytest
 from aiohttp import web
 from livekit import api
 from livekit.protocol import agent, models
@@ -20,6 +28,8 @@ from livekit.protocol import agent, models
 API_KEY = "test-key"  # test-only values, nothing secret; 32+ characters as HS256 wants
 API_SECRET = "test-secret-test-secret-test-secret"
 WORKER_ID = "AW_fake"
+AGENT = Path(__file__).resolve().parent.parent / "agent.py"
+EXIT_BOUND_S = 90.0  # how long past its give-up a worker may take to exit
 
 
 class FakeLiveKit:
@@ -106,3 +116,71 @@ def worker_env(livekit_url: str, home: Path) -> dict[str, str]:
         "GROQ_API_KEY": "gsk-unused",
         "KNOWLITHIC_TTS_SERVER": "ws://127.0.0.1:9",
     }
+
+
+# --- a worker that cannot reach LiveKit, as a real process ---------------------------
+
+
+@dataclass
+class Run:
+    returncode: int
+    stderr_lines: list[tuple[float, str]] = field(default_factory=list)  # (seconds, line)
+    stdout: str = ""
+
+    @property
+    def stderr(self) -> str:
+        return "\n".join(line for _, line in self.stderr_lines)
+
+    def lines_naming_livekit_url(self) -> list[str]:
+        return [line for _, line in self.stderr_lines if "LIVEKIT_URL" in line]
+
+
+async def run_worker(
+    command: str,
+    url: str,
+    home: Path,
+    *,
+    give_up_s: float,
+    extra_env: Mapping[str, str] | None = None,
+) -> Run:
+    env = worker_env(url, home) | {"LIVEKIT_CONNECT_TIMEOUT": f"{give_up_s:g}", **(extra_env or {})}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(AGENT),
+        command,
+        cwd=home,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        start_new_session=True,
+    )
+    started = time.monotonic()
+    run = Run(returncode=-1)
+    assert process.stdout is not None and process.stderr is not None
+
+    async def read_stderr(stream: asyncio.StreamReader) -> None:
+        while line := await stream.readline():
+            run.stderr_lines.append((time.monotonic() - started, line.decode().rstrip("\n")))
+
+    async def read_stdout(stream: asyncio.StreamReader) -> None:
+        run.stdout = (await stream.read()).decode(errors="replace")
+
+    readers = asyncio.gather(read_stderr(process.stderr), read_stdout(process.stdout))
+    try:
+        run.returncode = await asyncio.wait_for(process.wait(), give_up_s + EXIT_BOUND_S)
+    except TimeoutError:
+        pytest.fail(f"{command} did not exit:\n{run.stderr}")
+    finally:
+        if process.returncode is None:  # take the job processes down too
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            await process.wait()
+        await readers
+    return run
+
+
+@contextlib.asynccontextmanager
+async def closed_port() -> AsyncIterator[str]:
+    with socket.socket() as sock:  # bound, never listening: connections are refused
+        sock.bind(("127.0.0.1", 0))
+        yield f"ws://127.0.0.1:{sock.getsockname()[1]}"

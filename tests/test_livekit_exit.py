@@ -12,95 +12,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import signal
 import socket
-import sys
-import time
-from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
 from aiohttp import web
 
-import agent
-from tests.fake_livekit import API_SECRET, worker_env
+from tests.fake_livekit import API_SECRET, Run, closed_port, run_worker
 from tests.test_worker_drain import HEALTH_PORT, port_is_free
 from worker.livekit_link import describe_url
 
-AGENT = Path(agent.__file__).resolve()
 GIVE_UP_S = 20  # LIVEKIT_CONNECT_TIMEOUT for the quick runs: past the notice (10 s into main)
 NOTICE_BOUND_S = 45.0  # generous: imports and job processes start on a shared machine
-EXIT_BOUND_S = 90.0
-
-
-@dataclass
-class Run:
-    returncode: int
-    stderr_lines: list[tuple[float, str]] = field(default_factory=list)  # (seconds, line)
-    stdout: str = ""
-
-    @property
-    def stderr(self) -> str:
-        return "\n".join(line for _, line in self.stderr_lines)
-
-    def lines_naming_livekit_url(self) -> list[str]:
-        return [line for _, line in self.stderr_lines if "LIVEKIT_URL" in line]
-
-
-async def run_worker(
-    command: str,
-    url: str,
-    home: Path,
-    *,
-    give_up_s: float,
-    extra_env: Mapping[str, str] | None = None,
-) -> Run:
-    env = worker_env(url, home) | {"LIVEKIT_CONNECT_TIMEOUT": f"{give_up_s:g}", **(extra_env or {})}
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        str(AGENT),
-        command,
-        cwd=home,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        start_new_session=True,
-    )
-    started = time.monotonic()
-    run = Run(returncode=-1)
-    assert process.stdout is not None and process.stderr is not None
-
-    async def read_stderr(stream: asyncio.StreamReader) -> None:
-        while line := await stream.readline():
-            run.stderr_lines.append((time.monotonic() - started, line.decode().rstrip("\n")))
-
-    async def read_stdout(stream: asyncio.StreamReader) -> None:
-        run.stdout = (await stream.read()).decode(errors="replace")
-
-    readers = asyncio.gather(read_stderr(process.stderr), read_stdout(process.stdout))
-    try:
-        run.returncode = await asyncio.wait_for(process.wait(), give_up_s + EXIT_BOUND_S)
-    except TimeoutError:
-        pytest.fail(f"{command} did not exit:\n{run.stderr}")
-    finally:
-        if process.returncode is None:  # take the job processes down too
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            await process.wait()
-        await readers
-    return run
 
 
 # --- endpoints that fail, each a real socket on 127.0.0.1 ---------------------
-
-
-@contextlib.asynccontextmanager
-async def closed_port() -> AsyncIterator[str]:
-    with socket.socket() as sock:  # bound, never listening: connections are refused
-        sock.bind(("127.0.0.1", 0))
-        yield f"ws://127.0.0.1:{sock.getsockname()[1]}"
 
 
 @contextlib.asynccontextmanager

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.fake_livekit import closed_port, run_worker
 from tests.server_process import ServerProcess
-from tests.test_livekit_exit import closed_port, run_worker
 from worker.voice_language import check_voice_language, fetch_voice_language, mismatch
 
 
