@@ -26,6 +26,7 @@ from tests.plugin_helpers import (
     SHORT,
     WORKER,
     Spoken,
+    eventually,
     loudness,
     speak,
 )
@@ -84,6 +85,22 @@ async def test_a_death_mid_reply_moves_the_reply_to_the_next_server_with_nothing
         # the next turns go straight to the second server
         assert (await speak(tts, SHORT, conn_options=WORKER)).pcm
         assert not errors
+    finally:
+        await tts.aclose()
+
+
+async def test_prewarm_opens_the_preferred_server_and_the_next_so_a_move_needs_no_handshake(
+    first: ServerProcess, second: ServerProcess
+) -> None:
+    third = f"ws://127.0.0.1:{free_port()}"  # never dialled by a prewarm
+    tts = TTS(base_url=f"{first.url},{second.url},{third}")
+    try:
+        tts.prewarm()
+        await eventually(
+            lambda: all(tts._pool.connection(i).current is not None for i in (0, 1)), timeout=5
+        )
+        assert tts._pool.connection(2).current is None
+        assert tts._pool.connection(2)._backoff.failures == 0  # not even tried
     finally:
         await tts.aclose()
 
