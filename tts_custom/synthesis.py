@@ -361,6 +361,12 @@ class SentenceSynthesis:
         while True:
             began = time.monotonic()
             wait = patience.left(began)
+            if wait <= 0:
+                # the fault that began before this rendition spent the reply's whole wait
+                raise APITimeoutError(
+                    f"Knowlithic TTS did not recover within {patience.seconds:g} s of a fault",
+                    retryable=False,
+                )
             try:
                 event = await channel.receive(min(wait, MOVE_AFTER_SILENCE) if may_move else wait)
             except APITimeoutError as e:
