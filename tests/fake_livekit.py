@@ -29,6 +29,7 @@ API_KEY = "test-key"  # test-only values, nothing secret; 32+ characters as HS25
 API_SECRET = "test-secret-test-secret-test-secret"
 WORKER_ID = "AW_fake"
 AGENT = Path(__file__).resolve().parent.parent / "agent.py"
+HEALTH_PORT = 8081  # production mode's health port: fixed, as the image and the probes expect
 EXIT_BOUND_S = 90.0  # how long past its give-up a worker may take to exit
 
 
@@ -177,6 +178,16 @@ async def run_worker(
             await process.wait()
         await readers
     return run
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the worker's server does
+        try:
+            sock.bind(("0.0.0.0", port))
+        except OSError:
+            return False
+    return True
 
 
 @contextlib.asynccontextmanager

@@ -15,20 +15,14 @@ from livekit.agents.voice.run_result import RunResult
 from livekit.plugins import deepgram, groq, silero
 
 import agent
-from settings import PROMPTS_DIR, Settings, load_settings
+from settings import PROMPTS_DIR, Settings
 from tests.scripted_llm import ScriptedLLM
+from tests.worker_settings import FAKE_ENV, settings
 from tts_custom.knowlithictts import TTS as KnowlithicTTS
 from worker.call_policy.clips import Clips
 from worker.call_policy.outage import OutageOptions
 from worker.llm_chain import ModelChain
 
-FAKE_ENV = {
-    "LIVEKIT_URL": "ws://localhost:7880",
-    "LIVEKIT_API_KEY": "devkey",
-    "LIVEKIT_API_SECRET": "devsecret",
-    "DEEPGRAM_API_KEY": "dg-placeholder",
-    "GROQ_API_KEY": "gsk-placeholder",
-}
 SETTINGS_VARIABLES = [
     *FAKE_ENV,
     "DEEPGRAM_MODEL",
@@ -58,10 +52,6 @@ SETTINGS_VARIABLES = [
 AVERY = (PROMPTS_DIR / "avery.md").read_text(encoding="utf-8").strip()
 GREETING = "Hello, I'm Avery, an AI nurse assistant. How can I help you today?"
 REPLY = "I'm sorry you have a headache. When did it start?"
-
-
-def settings(**overrides: str) -> Settings:
-    return load_settings({**FAKE_ENV, **overrides})
 
 
 def system_messages(chat_ctx: llm.ChatContext) -> list[str]:

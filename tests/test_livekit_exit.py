@@ -23,8 +23,7 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
-from tests.fake_livekit import API_SECRET, Run, closed_port, run_worker
-from tests.test_worker_drain import HEALTH_PORT, port_is_free
+from tests.fake_livekit import API_SECRET, HEALTH_PORT, Run, closed_port, port_is_free, run_worker
 from worker.livekit_link import describe_url
 
 GIVE_UP_S = 20  # LIVEKIT_CONNECT_TIMEOUT for the quick runs: past the notice (10 s into main)

@@ -31,7 +31,7 @@ from tests.fake_deepgram import FakeDeepgramProcess
 from tests.fake_knowlithic import FakeKnowlithicServer
 from tests.plugin_helpers import eventually
 from tests.scripted_llm import ScriptedLLM
-from tests.test_assistant import settings as make_settings
+from tests.worker_settings import settings as make_settings
 from worker.stt_recovery import stt_connect_options
 
 pytestmark = pytest.mark.timeout(240)

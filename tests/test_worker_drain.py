@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable
@@ -30,12 +29,11 @@ from livekit.protocol import agent as proto
 
 import agent
 from tests import dockerfile
-from tests.fake_livekit import FakeLiveKit, worker_env
+from tests.fake_livekit import HEALTH_PORT, FakeLiveKit, port_is_free, worker_env
 
 REPO = Path(__file__).resolve().parent.parent
 WORKER_PYTHON = os.environ.get("AVERY_WORKER_PYTHON", sys.executable)
 WORKER_APP = Path(os.environ.get("AVERY_WORKER_APP", REPO))
-HEALTH_PORT = 8081  # production mode's health port: fixed, as the image and the probes expect
 STARTUP_TIMEOUT = 60.0  # imports, the turn detector's process and the idle job processes
 EXIT_TIMEOUT = 30.0  # nothing to wait for: no call is in progress
 
@@ -77,16 +75,6 @@ class Worker:
                 os.killpg(self.process.pid, signal.SIGKILL)
             await self.process.wait()
         await self._reader
-
-
-def port_is_free(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the worker's server does
-        try:
-            sock.bind(("0.0.0.0", port))
-        except OSError:
-            return False
-    return True
 
 
 @pytest.mark.timeout(150)
