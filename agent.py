@@ -38,7 +38,7 @@ from livekit.agents.stt import STT
 from livekit.agents.tts import TTS as BaseTTS
 from livekit.agents.vad import VAD
 from livekit.agents.voice.agent_session import SessionConnectOptions
-from livekit.plugins import deepgram, noise_cancellation, silero
+from livekit.plugins import noise_cancellation, silero
 
 from settings import ConfigError, Settings, load_settings
 from tts_custom.knowlithictts import TTS as KnowlithicTTS
@@ -47,6 +47,7 @@ from worker.call_policy.outage import OutageOptions, TtsOutagePolicy
 from worker.livekit_link import LinkWatch, WatchedAgentServer
 from worker.llm_chain import build_chain
 from worker.stt_recovery import gated_stt_node, stt_connect_options
+from worker.stt_watchdog import WatchedSTT
 from worker.voice_language import check_voice_language
 
 logger = logging.getLogger("agent")
@@ -166,7 +167,8 @@ def build_turn_handling(settings: Settings) -> TurnHandlingOptions:
 
 
 def build_stt(settings: Settings) -> STT[Any]:
-    return deepgram.STT(
+    # deepgram.STT that gives up a hung socket in seconds and replays what it swallowed
+    return WatchedSTT(
         model=settings.deepgram_model,
         language=settings.deepgram_language,
         api_key=settings.deepgram_api_key,

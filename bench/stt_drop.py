@@ -1,23 +1,28 @@
 """How long the agent is deaf when Deepgram's socket drops.
 
     python -m bench.stt_drop                  # both faults, 3 runs each, about 3 minutes
+    python -m bench.stt_drop --fault stall --runs 1          # a hung socket, about 25 s
     python -m bench.stt_drop --fault kill --runs 1 --defaults   # the framework's retries
 
 A real ``deepgram.STT`` stream, with the worker's retry policy and ``AudioGate``
-(``stt_recovery``) unless ``--defaults``, listens to Piper's speech at real-time pace
-(phrases A, B, C; the fault halfway through B, C right after B) served by
-tests/fake_deepgram.py, a process of its own:
+(``stt_recovery``) and hang watchdog and replay (``stt_watchdog.WatchedSTT``) unless
+``--defaults`` (the plugin's own STT, the framework's retries), listens to Piper's speech
+at real-time pace (phrases A, B, C; the fault halfway through B, C right after B) served
+by tests/fake_deepgram.py, a process of its own:
 
 * ``drop``: every socket closed at the TCP level, no close frame; the server stays up;
 * ``kill``: SIGKILL, a new process started 1.5 s later on the same port (it listens once its
   recognizers are loaded);
-* ``stall`` (``--fault stall`` only, ~80 s a run): the socket hangs, new ones are served.
+* ``stall`` (``--fault stall`` only): the socket hangs, new ones are served; the worker's
+  watchdog (``stt_watchdog``) gives it up (with ``--defaults``, the plugin's own STT: only
+  aiohttp's 45 s heartbeat does, so the call then goes on 55 s after C, ~80 s a run).
 
 Per run, on one clock: fault → the server listens again (kill only: its own restart) → the
 first audio on the new socket (the STT processes the caller's audio again) → the first words
 of C transcribed (the first speech that started after the fault).  Beside it, how late C's
-first words are after C began, against A's (no fault) in the same run, and the audio lost at
-the fault (the new socket's audio starts there; before it, only the dead socket had it).
+first words are after C began, against A's (no fault) in the same run, the audio lost at
+the fault (audio after it the new socket never got) and the audio replayed (what the old
+socket had not finalized, sent again to the new one: from the end of A's final on).
 """
 
 from __future__ import annotations
@@ -50,7 +55,8 @@ def measure(result: dd.Run, plan: dd.Script) -> dict[str, float]:
         "C final": final_c.at - fault if final_c else nan,
         "C late": heard_c.at - result.time_of(plan.starts[dd.C]) if heard_c else nan,
         "A late": heard_a.at - result.time_of(plan.starts[dd.A]) if heard_a else nan,
-        "lost": (dd.resumed_from(result) - plan.fault_at) / dd.RATE,
+        "lost": max(dd.resumed_from(result) - plan.fault_at, 0) / dd.RATE,
+        "replayed": result.replayed,
     }
 
 
@@ -69,9 +75,13 @@ async def bench(
             server = FakeDeepgramProcess()
             await server.start()
             try:
-                # a stall is noticed by the 45 s heartbeat: the call must still be going on
-                tail = 55.0 if fault == "stall" else 2.0
-                result = await dd.run(server, speech, fault, options, backlog, tail)
+                # without the watchdog a stall is noticed by the 45 s heartbeat alone: the
+                # call must still be going on
+                watchdog = backlog is not None
+                tail = 55.0 if fault == "stall" and not watchdog else 2.0
+                result = await dd.run(
+                    server, speech, fault, options, backlog, tail, watchdog=watchdog
+                )
             finally:
                 await server.stop()
             if result.error is not None:
@@ -84,7 +94,7 @@ async def bench(
             print(fault, {k: round(v, 3) for k, v in figures[-1].items()})
         if not figures:
             when = f"{failed}/{runs}, after {statistics.median(gave_up):.2f}"
-            rows.append([fault, when, f"{statistics.median(listening):.2f}", *["never"] * 6])
+            rows.append([fault, when, f"{statistics.median(listening):.2f}", *["never"] * 7])
             continue
 
         def med(key: str, data: list[dict[str, float]] = figures) -> str:
@@ -102,6 +112,7 @@ async def bench(
                 med("C final"),
                 f"{med('C late')} vs {med('A late')}",
                 med("lost"),
+                med("replayed"),
             ]
         )
     print()
@@ -119,6 +130,7 @@ async def bench(
                 "C's final",
                 "C late vs A late (after each began)",
                 "audio lost at the fault",
+                "audio replayed",
             ],
             rows,
         )
@@ -130,7 +142,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--fault", choices=["drop", "kill", "stall", "both"], default="both")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument(
-        "--defaults", action="store_true", help="the framework's retries, not stt_recovery's"
+        "--defaults",
+        action="store_true",
+        help="the plugin's STT with the framework's retries, not stt_recovery's and stt_watchdog's",
     )
     args = parser.parse_args(argv)
     faults: list[dd.Fault] = ["drop", "kill"] if args.fault == "both" else [args.fault]

@@ -25,11 +25,12 @@ from livekit.plugins import deepgram
 
 from tests.fake_deepgram import FakeDeepgramProcess
 from worker.stt_recovery import AudioGate
+from worker.stt_watchdog import WatchedSpeechStream, WatchedSTT
 
 RATE: Final = 16000
 FRAME: Final = RATE // 50  # 20 ms, as LiveKit delivers a caller's audio
 Pcm = npt.NDArray[np.int16]
-Fault = Literal["drop", "kill", "stall"]
+Fault = Literal["drop", "kill", "stall", "stall_all", "none"]
 
 # Three sentences with no word in common, so a transcript says which one it heard.
 A: Final = "Please call me back when you get home tonight after dinner."
@@ -125,6 +126,8 @@ class Run:
     error: BaseException | None = None  # the stream's, if it gave up
     error_at: float = 0.0
     dropped: float = 0.0  # seconds the AudioGate dropped, if one was used
+    replayed: float = 0.0  # seconds the watchdog's stream sent again to a new socket
+    hangs: list[float] = field(default_factory=list)  # the watchdog's wait, per hung socket
 
     def time_of(self, sample: int) -> float:
         return self.t0 + sample / RATE
@@ -137,6 +140,12 @@ class Run:
 
     def finals(self) -> list[str]:
         return [e.text for e in self.events if e.type == stt.SpeechEventType.FINAL_TRANSCRIPT]
+
+    def repeated_words(self) -> list[str]:
+        """The phrases' distinctive words that more than one final transcribed."""
+        said = [w.lower() for f in self.finals() for w in f.split()]
+        words = set().union(*(distinct_words(p) for p in PHRASES))
+        return sorted(w for w in words if said.count(w) > 1)
 
 
 async def microphone(pcm: Pcm, t0: float) -> AsyncIterator[rtc.AudioFrame]:
@@ -157,11 +166,16 @@ async def feed(stream: stt.RecognizeStream, frames: AsyncIterable[rtc.AudioFrame
 
 async def inject(server: FakeDeepgramProcess, fault: Fault) -> float:
     """The fault; returns when the server listened again (time.time())."""
+    if fault == "none":
+        return time.time()
     if fault == "drop":
         await server.control("drop")
         return time.time()
     if fault == "stall":  # the socket hangs; new ones are served
         await server.control("stall")
+        return time.time()
+    if fault == "stall_all":  # the socket hangs, and every new one after its handshake
+        await server.control("stall?new=1")
         return time.time()
     await server.kill()
     await asyncio.sleep(DOWN_S)
@@ -176,13 +190,16 @@ async def run(
     conn_options: APIConnectOptions,
     max_backlog: float | None = None,
     tail: float = 2.0,
+    *,
+    watchdog: bool = True,
 ) -> Run:
     """Speak A, B (the fault halfway) and C to one stream; every event is recorded.
 
-    With ``max_backlog``, through the worker's :class:`stt_recovery.AudioGate`."""
+    With ``max_backlog``, through the worker's :class:`stt_recovery.AudioGate`; with
+    ``watchdog``, the worker's :class:`stt_watchdog.WatchedSTT`, else the plugin's own."""
     plan = script(speech, tail)
     async with aiohttp.ClientSession() as http:
-        dg = deepgram.STT(
+        dg = (WatchedSTT if watchdog else deepgram.STT)(
             api_key=server.api_key, base_url=server.listen_url, http_session=http, language="en-US"
         )
         stream = dg.stream(conn_options=conn_options)
@@ -212,6 +229,8 @@ async def run(
                 await feeder
             await stream.aclose()
             await dg.aclose()
+            if isinstance(stream, WatchedSpeechStream):
+                result.replayed, result.hangs = stream.replayed, list(stream.hangs)
             if gate is not None:
                 gate.close()
                 result.dropped = gate.dropped

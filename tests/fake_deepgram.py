@@ -16,7 +16,8 @@ Faults, on the HTTP side of the same port:
   as a load balancer or a crashed host does;
 * ``POST /control/stall`` / ``POST /control/resume``: the live sockets stop (and restart)
   reading and answering, pings included, while their TCP connections stay open; new sockets
-  are served, as when one Deepgram node hangs and the load balancer sends new ones elsewhere;
+  are served, as when one Deepgram node hangs and the load balancer sends new ones elsewhere
+  (``/control/stall?new=1``: new sockets hang too once open, until ``resume``);
 * a kill is a real ``SIGKILL`` of this process: :class:`FakeDeepgramProcess`.
 
 ``GET /control/stats`` tells what each socket received and when (``time.time()``), so a test
@@ -78,6 +79,7 @@ class FakeDeepgram:
         self.connections: list[Connection] = []
         self._live: dict[int, web.Request] = {}
         self._running: dict[int, asyncio.Event] = {}  # per live socket: cleared while stalled
+        self._stall_new = False  # new sockets hang once open
 
     async def warm_up(self) -> None:
         await self._stt.warm_up(_SPARE_WORKERS)
@@ -108,12 +110,14 @@ class FakeDeepgram:
                 request.transport.close()  # FIN with no WebSocket close frame
         return web.json_response({"dropped": len(dropped)})
 
-    async def _stall(self, _: web.Request) -> web.Response:
+    async def _stall(self, request: web.Request) -> web.Response:
+        self._stall_new = request.query.get("new") == "1"
         for running in self._running.values():
             running.clear()
         return web.json_response({"stalled": len(self._running)})
 
     async def _resume(self, _: web.Request) -> web.Response:
+        self._stall_new = False
         for running in self._running.values():
             running.set()
         return web.json_response({"resumed": len(self._running)})
@@ -149,7 +153,8 @@ class FakeDeepgram:
         self.connections.append(conn)
         self._live[conn.id] = request
         running = self._running[conn.id] = asyncio.Event()
-        running.set()
+        if not self._stall_new:
+            running.set()
         session = _Session(ws, conn, self._stt.stream(), running)
         try:
             await session.run()
@@ -179,6 +184,7 @@ class _Session:
         self._odd = b""  # a sample split across two messages
         self._received = 0.0  # seconds of audio received, the clock of Results
         self._finalizing = False
+        self._finalized_to = 0.0  # the end of the last final result, in seconds received
 
     async def run(self) -> None:
         answer = asyncio.create_task(self._answer())
@@ -237,14 +243,18 @@ class _Session:
                 await self._send(self._results(ev.alternatives[0], is_final=False))
             elif ev.type == stt.SpeechEventType.FINAL_TRANSCRIPT:
                 self._conn.finals.append(ev.alternatives[0].text)
+                self._finalized_to = ev.alternatives[0].end_time
                 await self._send(self._results(ev.alternatives[0], is_final=True))
             elif ev.type == stt.SpeechEventType.END_OF_SPEECH:
-                # Deepgram marks the end of a phrase with speech_final on a final result
+                # Deepgram marks the end of a phrase with speech_final on a final result;
+                # it covers no more audio than the phrase's final did (the audio received
+                # since may be the next phrase, which a client replaying from the end of
+                # the last final must not skip)
                 empty = stt.SpeechData(
                     language=ev.alternatives[0].language if ev.alternatives else "en",  # type: ignore[arg-type]
                     text="",
-                    start_time=self._received,
-                    end_time=self._received,
+                    start_time=self._finalized_to,
+                    end_time=self._finalized_to,
                 )
                 await self._send(self._results(empty, is_final=True, speech_final=True))
                 if self._utterance_end:

@@ -12,7 +12,7 @@ from livekit import rtc
 from livekit.agents import AgentSession, inference, llm, room_io
 from livekit.agents.job import JobExecutorType, JobProcess
 from livekit.agents.voice.run_result import RunResult
-from livekit.plugins import deepgram, groq, silero
+from livekit.plugins import groq, silero
 
 import agent
 from settings import PROMPTS_DIR, Settings
@@ -22,6 +22,7 @@ from tts_custom.knowlithictts import TTS as KnowlithicTTS
 from worker.call_policy.clips import Clips
 from worker.call_policy.outage import OutageOptions
 from worker.llm_chain import ModelChain
+from worker.stt_watchdog import WatchedSTT
 
 SETTINGS_VARIABLES = [
     *FAKE_ENV,
@@ -140,7 +141,8 @@ async def test_build_session_wires_every_component(monkeypatch: pytest.MonkeyPat
     voice = agent.build_tts(config)
     session = agent.build_session(config, vad=vad, tts=voice)
     try:
-        assert isinstance(session.stt, deepgram.STT)
+        # Deepgram, with the hang watchdog and replay (worker/stt_watchdog.py)
+        assert isinstance(session.stt, WatchedSTT)
         assert session.stt.model == "nova-2"
         # the configured model first, then the default fallbacks, all through the groq plugin
         assert isinstance(session.llm, ModelChain)

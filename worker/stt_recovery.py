@@ -10,7 +10,8 @@ of ~20 s ends the call, with no word to the caller.  docs/reliability.md has the
 
 Here: retries for an hour, 0.5 s apart (``stt_connect_options``), and, as the framework would
 keep every frame of a long outage and send it all at once, an ``AudioGate`` that keeps only
-the newest 10 s for the new socket.
+the newest 10 s for the new socket.  A socket that hangs, rather than drops, raises nothing
+for 45 s: ``stt_watchdog`` gives it up and replays what it swallowed.
 """
 
 from __future__ import annotations
