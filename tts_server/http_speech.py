@@ -112,7 +112,7 @@ async def _answer(request: web.Request, state: ServerState) -> web.StreamRespons
         return parsed
     client = client_key(request)
     msg = parsed.message(uuid.uuid4().hex)
-    verdict = judge(state, msg, client=client, in_flight=0, duplicate=False)
+    verdict = judge(state, msg, client=client, in_flight=0, duplicate=False, speed=parsed.speed)
     if isinstance(verdict, Refuse):
         state.metrics.errors.labels(verdict.code).inc()
         _LOG.debug("refused a speech request from %s: %s", client, verdict.code)
@@ -206,6 +206,7 @@ class HttpSpeech:
             arrived=now,
             needed_at=now + verdict.delay,
             estimate=verdict.estimate,
+            speed=parsed.speed,
         )
         self._response: web.StreamResponse | None = None
         self._failed: ApiError | None = None  # the answer, if it failed before any audio

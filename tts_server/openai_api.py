@@ -11,7 +11,8 @@ The body (``POST /v1/audio/speech``, JSON) has OpenAI's fields and two of ours:
   or alias of that name; omitted, the default voice (the first loaded);
 * ``response_format``: ``mp3`` (the default, as OpenAI's), ``opus`` (Ogg), ``wav`` (a header
   of unknown length, then the samples), ``pcm`` (raw s16le mono) and nothing else;
-* ``speed``: 0.25 to 4.0 as OpenAI's, but Piper speaks at the server's one pace, so only 1.0;
+* ``speed``: 0.25 to 4.0 as OpenAI's: the pace against the server's own (Piper's phoneme
+  lengths, and the pauses, divided by it);
 * ``instructions``: a string, accepted and ignored (Piper takes no direction);
 * ``stream_format``: ``audio`` (the default: the body is the file, chunked) or ``sse``
   (OpenAI's server-sent events, base64 audio in ``speech.audio.delta`` events);
@@ -110,6 +111,7 @@ class SpeechRequest:
     stream_format: StreamFormat
     sample_rate: int
     bitrate: int | None
+    speed: float = 1.0
 
     def message(self, request_id: str) -> protocol.TextToSpeech:
         """The request as the protocol's message: what admission and rendering take."""
@@ -194,8 +196,9 @@ def parse_speech(
             f"'response_format' must be one of {', '.join(RESPONSE_FORMATS)}",
             code=protocol.ERR_UNSUPPORTED,
         )
-    if (refusal := _speed(obj.get("speed"))) is not None:
-        return refusal
+    speed = _speed(obj.get("speed"))
+    if isinstance(speed, ApiError):
+        return speed
     instructions = obj.get("instructions")
     if instructions is not None and not isinstance(instructions, str):
         return invalid("instructions", "'instructions' must be a string")
@@ -215,6 +218,7 @@ def parse_speech(
         stream_format=stream_format,
         sample_rate=DEFAULT_SAMPLE_RATE if sample_rate is None else sample_rate,
         bitrate=bitrate,
+        speed=speed,
     )
 
 
@@ -236,9 +240,9 @@ def _voice(value: Any, voices: frozenset[str], default_voice: str) -> str | ApiE
     )
 
 
-def _speed(value: Any) -> ApiError | None:
+def _speed(value: Any) -> float | ApiError:
     if value is None:
-        return None
+        return 1.0
     if (
         not isinstance(value, int | float)
         or isinstance(value, bool)
@@ -246,13 +250,7 @@ def _speed(value: Any) -> ApiError | None:
         or not MIN_SPEED <= value <= MAX_SPEED
     ):
         return invalid("speed", f"'speed' must be a number from {MIN_SPEED} to {MAX_SPEED}")
-    if value != 1:
-        return invalid(
-            "speed",
-            "this server speaks at its own pace (--length-scale): 'speed' must be 1.0",
-            code=protocol.ERR_UNSUPPORTED,
-        )
-    return None
+    return float(value)
 
 
 def _integer(obj: dict[str, Any], key: str, low: int, high: int) -> int | ApiError | None:

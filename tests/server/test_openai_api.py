@@ -54,7 +54,14 @@ def test_openai_s_fields_are_taken_and_model_and_instructions_ignored() -> None:
             "bitrate": 12000,
         }
     )
-    assert parsed == SpeechRequest("Hi.", "elise", "opus", "sse", 16000, 12000)
+    assert parsed == SpeechRequest("Hi.", "elise", "opus", "sse", 16000, 12000, 1.0)
+
+
+@pytest.mark.parametrize("speed", [0.25, 0.5, 1, 2.5, 4.0])
+def test_openai_s_speeds_are_taken(speed: float) -> None:
+    parsed = parse({"input": "Hi.", "speed": speed})
+    assert isinstance(parsed, SpeechRequest)
+    assert parsed.speed == speed
 
 
 @pytest.mark.parametrize("name", ["alloy", "ash", "Coral", "shimmer"])
@@ -88,7 +95,8 @@ def test_a_stock_name_the_server_has_is_the_server_s_voice() -> None:
         ({"input": "Hi.", "response_format": "aac"}, "response_format", "unsupported"),
         ({"input": "Hi.", "speed": 5}, "speed", "invalid_value"),
         ({"input": "Hi.", "speed": "fast"}, "speed", "invalid_value"),
-        ({"input": "Hi.", "speed": 1.5}, "speed", "unsupported"),
+        ({"input": "Hi.", "speed": 0.2}, "speed", "invalid_value"),
+        ({"input": "Hi.", "speed": True}, "speed", "invalid_value"),
         ({"input": "Hi.", "model": 1}, "model", "invalid_value"),
         ({"input": "Hi.", "instructions": 1}, "instructions", "invalid_value"),
         ({"input": "Hi.", "stream_format": "chunks"}, "stream_format", "invalid_value"),
