@@ -275,9 +275,9 @@ class HttpSpeech:
             with contextlib.suppress(ConnectionError):
                 await response.write_eof()
         except asyncio.CancelledError:
+            outcome = "closed"
             if self.stop_reason is None:
                 raise
-            outcome = "closed"
             if self.stop_reason == "shutdown":
                 outcome = "error"
                 self._end_badly(openai_api.SHUTTING_DOWN, protocol.ERR_SHUTTING_DOWN)

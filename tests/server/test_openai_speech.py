@@ -412,3 +412,16 @@ async def test_no_text_and_no_key_reach_the_log(
     assert "POST /v1/audio/speech" in logged  # the access log saw the requests
     for word in ("Zanzibar", "quokka", "s3cret"):
         assert word not in logged
+
+
+async def test_a_client_over_its_rate_gets_429_with_retry_after(
+    start_server: StartServer, http: aiohttp.ClientSession
+) -> None:
+    server = await start_server(rate_limit=0.1, rate_burst=1)
+    body = {"input": "Hi.", "response_format": "pcm"}
+    assert (await post(http, server, body))[0] == 200
+    status, headers, data = await post(http, server, body)
+    assert status == 429
+    assert int(headers["Retry-After"]) >= 1
+    error = json.loads(data)["error"]
+    assert (error["type"], error["code"]) == ("rate_limit_error", "rate_limited")
