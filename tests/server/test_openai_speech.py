@@ -425,3 +425,37 @@ async def test_a_client_over_its_rate_gets_429_with_retry_after(
     assert int(headers["Retry-After"]) >= 1
     error = json.loads(data)["error"]
     assert (error["type"], error["code"]) == ("rate_limit_error", "rate_limited")
+
+
+@pytest.mark.parametrize("failing_segment", [1, 2])
+async def test_a_synthesis_failure_is_a_500_or_a_cut_stream(
+    server: RunningServer,
+    http: aiohttp.ClientSession,
+    monkeypatch: pytest.MonkeyPatch,
+    failing_segment: int,
+) -> None:
+    scheduler = server.state.scheduler
+    original = scheduler.run
+    started = 0
+
+    async def failing(job: Callable[[], Any], deadline: float) -> Any:
+        nonlocal started
+        started += 1
+        if started == failing_segment:
+            raise RuntimeError("the engine broke")
+        return await original(job, deadline)
+
+    monkeypatch.setattr(scheduler, "run", failing)
+    async with http.post(
+        server.url(SPEECH), json={"input": LONG, "response_format": "pcm"}
+    ) as response:
+        if failing_segment == 1:  # nothing sent yet: OpenAI's error object
+            assert response.status == 500
+            error = (await response.json())["error"]
+            assert (error["type"], error["code"]) == ("server_error", "internal")
+        else:  # audio already left: the stream is cut short, never ended as if complete
+            assert response.status == 200
+            with pytest.raises(aiohttp.ClientPayloadError):
+                await response.read()
+    await until(lambda: idle(server.state))
+    assert sample_value(server, "knowlithic_tts_errors_total", {"code": "internal"}) == 1
