@@ -46,8 +46,10 @@ class Rendering:
         arrived: float,
         needed_at: float,
         estimate: float,
+        speed: float = 1.0,
     ) -> None:
         self._msg = msg
+        self._speed = speed  # the pace against the server's own (OpenAI's ``speed``)
         self._voice = voice
         self._segments = segments
         self._state = state
@@ -66,6 +68,12 @@ class Rendering:
         self.pending = Pending(costs, [estimate * c / total for c in costs], due)
         state.headroom.add(self.pending)
 
+    @property
+    def sample_rate(self) -> int:
+        """The rate of the audio: the format's encoder may not offer the rate asked for
+        (known once :meth:`messages` has started)."""
+        return self._encoder_rate
+
     def release(self) -> None:
         """The request ended: it owes nothing more."""
         self._state.headroom.remove(self.pending)
@@ -78,8 +86,10 @@ class Rendering:
         chunk_samples = max(1, msg.sample_rate * message_ms // 1000)
         # the first message is a short one whatever the format: it is the first audio
         first_samples = min(chunk_samples, max(1, msg.sample_rate * config.chunk_ms // 1000))
-        clause_pause = config.sentence_silence * _CLAUSE_PAUSE_RATIO
-        pauses = {Boundary.SENTENCE: config.sentence_silence, Boundary.CLAUSE: clause_pause}
+        # faster speech has shorter pauses too, as a faster speaker's
+        sentence_pause = config.sentence_silence / self._speed
+        clause_pause = sentence_pause * _CLAUSE_PAUSE_RATIO
+        pauses = {Boundary.SENTENCE: sentence_pause, Boundary.CLAUSE: clause_pause}
         encoder = formats.new_encoder(
             msg.output_format,
             sample_rate=msg.sample_rate,
@@ -101,6 +111,7 @@ class Rendering:
                 inner_pause=clause_pause,
                 last=index == last_index,
                 with_words=msg.word_timestamps,
+                speed=self._speed,
             )
             # Deadline: when the listener would run out of this request's audio.
             rendered: RenderedSegment = await state.scheduler.run(

@@ -57,9 +57,11 @@ def judge(
     client: str,
     in_flight: int,
     duplicate: bool,
+    speed: float = 1.0,
 ) -> Verdict:
     """The verdict on ``msg`` from ``client``, which has ``in_flight`` requests on its
-    connection; ``duplicate``: its id is one of them."""
+    connection; ``duplicate``: its id is one of them; ``speed``: the pace it is to be spoken
+    at, against the server's own (its audio is that much shorter)."""
     voice = state.resolve(msg.voice)
     refusal = _refusal(state, msg, voice, client=client, in_flight=in_flight, duplicate=duplicate)
     if refusal is not None:
@@ -69,9 +71,9 @@ def judge(
     if not segments:
         return NothingToSay()
     stream = (client, msg.stream_id) if msg.stream_id is not None else None
-    if not _has_place(state, stream, segments):
+    if not _has_place(state, stream, segments, speed):
         return Refuse(protocol.ERR_BUSY, "the server is at capacity; retry shortly")
-    estimate = _estimated_seconds(segments, state.config)
+    estimate = _estimated_seconds(segments, state.config) / speed
     delay = state.streams.begin(stream, estimate)
     if delay > 0:
         # Its audio is not needed yet: whole sentences sound better than an early clause.
@@ -120,7 +122,9 @@ def _refusal(
     return None
 
 
-def _has_place(state: ServerState, stream: StreamKey | None, segments: list[Segment]) -> bool:
+def _has_place(
+    state: ServerState, stream: StreamKey | None, segments: list[Segment], speed: float
+) -> bool:
     """Whether the request's reply is, or may become, one the server is speaking.
 
     A reply is admitted or refused as a whole, at its first request: the later ones of an
@@ -138,7 +142,7 @@ def _has_place(state: ServerState, stream: StreamKey | None, segments: list[Segm
         reason = "cap"
     elif headroom.enabled:
         costs = [cost(s.text) for s in segments]
-        pace = _SECONDS_PER_CHARACTER * (state.config.length_scale or 1.0)
+        pace = _SECONDS_PER_CHARACTER * (state.config.length_scale or 1.0) / speed
         if not headroom.forecast(costs, [c * pace for c in costs]).admits:
             reason = "headroom"
     if reason is not None:

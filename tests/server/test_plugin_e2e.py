@@ -61,7 +61,7 @@ async def test_streaming_speech_is_intelligible(make_plugin: MakePlugin) -> None
     assert word_error_rate(SENTENCES, heard) < WER_THRESHOLD
 
 
-@pytest.mark.parametrize("output_format", ["wav", "pcm", "opus"])
+@pytest.mark.parametrize("output_format", ["wav", "pcm", "opus", "mp3"])
 async def test_chunked_synthesis_of_a_multi_sentence_reply(
     output_format: str, make_plugin: MakePlugin
 ) -> None:

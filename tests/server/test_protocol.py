@@ -29,7 +29,7 @@ async def test_tagged_clients_get_capabilities_first(connect: Connect) -> None:
     assert caps is not None
     assert caps.protocol_version == protocol.PROTOCOL_VERSION
     assert set(caps.voices) == {"joe", "elise"}
-    assert set(caps.output_formats) == {"pcm", "wav", "opus"}
+    assert set(caps.output_formats) == {"pcm", "wav", "opus", "mp3"}
     assert {16000, 24000, 48000} <= set(caps.sample_rates) == set(SAMPLE_RATES)
     assert caps.word_timestamps is True
     assert caps.max_text_length == 5000
@@ -254,7 +254,7 @@ async def test_word_timestamps_arrive_before_their_audio(connect: Connect) -> No
         ('{"type": "text_to_speech", "request_id": "x", "text": "hi", "voice": "joe", '
          '"sample_rate": 1000}', protocol.ERR_BAD_REQUEST),
         ('{"type": "text_to_speech", "request_id": "x", "text": "hi", "voice": "joe", '
-         '"sample_rate": 16000, "output_format": "mp3"}', protocol.ERR_UNSUPPORTED),
+         '"sample_rate": 16000, "output_format": "flac"}', protocol.ERR_UNSUPPORTED),
         ('{"type": "text_to_speech", "text": "hi", "voice": "joe", "sample_rate": 16000}',
          protocol.ERR_BAD_REQUEST),
         (b"\x00\x01binary", protocol.ERR_BAD_REQUEST),

@@ -62,11 +62,13 @@ class Voice(Protocol):
         inner_pause: float,
         last: bool,
         with_words: bool,
+        speed: float = 1.0,
     ) -> RenderedSegment:
         """Synthesize one segment, shaped for the wire.  Called in the engine's executor.
 
         ``pause_after``: silence after it; ``inner_pause``: silence at a sentence end found
-        inside it; ``last``: the request's last segment (the resampler flushes)."""
+        inside it; ``last``: the request's last segment (the resampler flushes); ``speed``:
+        the pace of speech against the server's own (2.0: twice as fast)."""
         ...
 
 

@@ -9,6 +9,7 @@ worker thread and the event loop only sends bytes.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib
 import json
@@ -80,6 +81,13 @@ class PiperVoiceRenderer:
     def _synthesize(self, text: str, synthesis: SynthesisConfig) -> list[AudioChunk]:
         return list(self.piper.synthesize(text, synthesis, include_alignments=self.has_alignments))
 
+    def _paced(self, speed: float) -> SynthesisConfig:
+        """Piper's settings at ``speed``: its phoneme lengths (length_scale) divided by it."""
+        if speed == 1.0:
+            return self.synthesis
+        own = self.synthesis.length_scale or self.piper.config.length_scale
+        return dataclasses.replace(self.synthesis, length_scale=own / speed)
+
     def calibrate(self, target_dbfs: float) -> None:
         """Warm the model up and measure the gain that brings its speech to ``target_dbfs``."""
         chunks = self._synthesize(_CALIBRATION_TEXT, _CALIBRATION)
@@ -95,6 +103,7 @@ class PiperVoiceRenderer:
         inner_pause: float,
         last: bool,
         with_words: bool,
+        speed: float = 1.0,
     ) -> RenderedSegment:
         """Synthesize one segment and shape it for the wire.  Runs in a worker thread."""
         started = time.perf_counter()
@@ -103,7 +112,7 @@ class PiperVoiceRenderer:
         intervals: list[Interval] = []
         aligned = self.has_alignments
         offset = 0  # samples of this segment so far
-        chunks = self._synthesize(text, self.synthesis)
+        chunks = self._synthesize(text, self._paced(speed))
         for index, chunk in enumerate(chunks):
             if index > 0:  # Piper found a sentence end inside the segment
                 pieces.append(audio.silence(rate, inner_pause))
