@@ -7,7 +7,9 @@ Usage::
     tts = TTS()  # KNOWLITHIC_TTS_SERVER (or TTS_SERVER_URL), voice "elise", 16 kHz
 
 One persistent WebSocket per ``TTS`` instance carries every request of every stream, each
-tagged with its own request id.  See ``docs/protocol.md`` for the messages.
+tagged with its own request id; with ``transport="http"`` each request is a
+``POST /v1/audio/speech`` over kept-alive connections instead.  See ``docs/protocol.md`` for
+the messages.
 """
 
 from __future__ import annotations
