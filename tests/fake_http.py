@@ -45,6 +45,9 @@ class HttpBehavior:
     drop_only: frozenset[str] | None = None  # ...for these texts (None: all)
     max_drops: int | None = None
     stall_after_chunks: int | None = None  # send this many chunks, then nothing more
+    # close this many requests' connections before answering (a kept-alive connection the
+    # server closed just as the client reused it)
+    reset_before_answer: int = 0
 
 
 @dataclass
@@ -108,6 +111,11 @@ class FakeHttpServer:
         body = await request.json()
         self.received.requests.append(body)
         text: str = body["input"]
+        if b.reset_before_answer > 0:
+            b.reset_before_answer -= 1
+            assert request.transport is not None
+            request.transport.close()
+            return web.Response()
         if not self._authorized(request):
             return _error(401, "invalid API key", code="invalid_api_key")
         status = b.error_for.get(text) or b.status

@@ -188,6 +188,20 @@ async def test_connecting_warms_kept_alive_connections_the_sentences_reuse(
     assert isinstance(tts._pool.current, HttpTransport)
 
 
+async def test_a_kept_alive_connection_closed_under_a_request_is_retried_unnoticed(
+    http_server: FakeHttpServer, make_http_tts: MakeHttpTTS
+) -> None:
+    tts = make_http_tts()
+    await speak(tts, TEXT[0])
+    transport = tts._pool.current
+    http_server.behavior = HttpBehavior(reset_before_answer=1)
+    errors = collect_errors(tts)
+    spoken = await speak(tts, TEXT[1])
+    assert spoken.digest == expected_digest([TEXT[1]])
+    assert http_server.received.texts == [TEXT[0], TEXT[1], TEXT[1]]  # sent once more
+    assert errors == [] and tts._pool.current is transport  # not taken for a lost server
+
+
 async def test_an_unreachable_server_is_a_connection_error_as_over_the_websocket(
     make_http_tts: MakeHttpTTS,
 ) -> None:

@@ -71,6 +71,8 @@ class HttpChannel:
 
     async def send(self, msg: protocol.TextToSpeech) -> None:
         """Start the request; its response is read in a task of its own."""
+        if self.finished:  # its link was lost before it was sent: nothing to start
+            return
         self._exchange = asyncio.create_task(
             self._transport._exchange(self, msg), name="knowlithic.http"
         )
