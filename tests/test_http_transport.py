@@ -202,6 +202,24 @@ async def test_a_kept_alive_connection_closed_under_a_request_is_retried_unnotic
     assert errors == [] and tts._pool.current is transport  # not taken for a lost server
 
 
+async def test_idle_keep_warm_requests_notice_a_server_gone_and_reopen_when_it_returns(
+    http_server: FakeHttpServer, make_http_tts: MakeHttpTTS
+) -> None:
+    tts = make_http_tts(heartbeat=0.05)
+    await speak(tts, TEXT[0])
+    old = tts._pool.current
+    assert old is not None
+    probes = http_server.received.probes
+    await eventually(lambda: http_server.received.probes >= probes + 2)  # kept warm while idle
+    await http_server.stop()
+    await eventually(lambda: old.closed)  # noticed with nobody speaking
+    await http_server.start()  # same port
+    await eventually(lambda: tts._pool.current not in (None, old))  # reopened in the background
+    requests = len(http_server.received.requests)
+    assert (await speak(tts, TEXT[1])).digest == expected_digest([TEXT[1]])
+    assert len(http_server.received.requests) == requests + 1
+
+
 async def test_an_unreachable_server_is_a_connection_error_as_over_the_websocket(
     make_http_tts: MakeHttpTTS,
 ) -> None:
