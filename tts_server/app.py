@@ -3,13 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
-import hashlib
-import hmac
-import ipaddress
 import logging
-import socket
 from dataclasses import dataclass
 from typing import Final
 
@@ -17,7 +12,8 @@ from aiohttp import web
 
 import knowlithic_protocol as protocol
 
-from . import __version__
+from . import __version__, http_speech
+from .access import authorized, client_key, limit_unsent
 from .admission import Capacity, RateLimiter, Streams
 from .audio import StreamResampler
 from .config import ServerConfig
@@ -46,12 +42,6 @@ _RUNTIME = web.AppKey("runtime", _Runtime)
 # What admission's start-up measurement synthesizes: a typical sentence of a reply.
 _CALIBRATION_TEXT: Final = "Your appointment is on Tuesday at three in the afternoon."
 
-# Unsent bytes the kernel keeps per connection (TCP_NOTSENT_LOWAT).  Without it, send buffers
-# autotune to megabytes, so a client that stops reading is noticed (--send-timeout) only
-# after seconds of audio pile up in them; bytes in flight are not counted, so a long fat
-# link loses no throughput.
-_UNSENT_BYTES: Final = 64 * 1024
-
 
 def create_app(config: ServerConfig, engine: Engine | None = None) -> web.Application:
     """The server as an aiohttp app.
@@ -66,6 +56,10 @@ def create_app(config: ServerConfig, engine: Engine | None = None) -> web.Applic
     app.router.add_get("/v1/tts", _websocket)
     app.router.add_get("/health", _health)
     app.router.add_get("/v1/voices", _voices)
+    # OpenAI's speech API (tts_server/http_speech.py)
+    app.router.add_post("/v1/audio/speech", _speech)
+    app.router.add_get("/v1/audio/voices", _audio_voices)
+    app.router.add_get("/v1/models", _models)
     app.router.add_get("/metrics", _metrics)
     app.on_startup.append(_startup)
     app.on_shutdown.append(_shutdown)
@@ -153,15 +147,18 @@ async def _drain(runtime: _Runtime) -> None:
     if state is None:
         return
     state.shutting_down = True
-    sessions = list(state.sessions)
-    in_flight = sum(s.in_flight for s in sessions)
+    sessions, speeches = list(state.sessions), list(state.speeches)
+    in_flight = sum(s.in_flight for s in sessions) + len(speeches)
     _LOG.info(
         "shutting down: %d connections, %d requests in flight, grace %.1f s",
         len(sessions),
         in_flight,
         state.config.shutdown_grace,
     )
-    await asyncio.gather(*(s.shutdown(state.config.shutdown_grace) for s in sessions))
+    grace = state.config.shutdown_grace
+    await asyncio.gather(
+        *(s.shutdown(grace) for s in sessions), *(s.shutdown(grace) for s in speeches)
+    )
 
 
 async def _cleanup(app: web.Application) -> None:
@@ -176,47 +173,12 @@ async def _cleanup(app: web.Application) -> None:
 # -- authentication --------------------------------------------------------------------------
 
 
-def _digest(value: str) -> bytes:
-    # Hashing first makes the comparison constant-time in the key's length too.
-    return hashlib.sha256(value.encode("utf-8", "surrogateescape")).digest()
-
-
-def _authorized(request: web.Request, key: str | None) -> bool:
-    if key is None:
-        return True
-    expected = _digest(key)
-    offered = []
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and token.strip():
-        offered.append(token.strip())
-    if (header := request.headers.get("X-API-Key")) is not None:
-        offered.append(header.strip())
-    ok = False
-    for candidate in offered:  # no early exit: the time taken does not say which one matched
-        ok |= hmac.compare_digest(_digest(candidate), expected)
-    return ok
-
-
 def _unauthorized() -> web.Response:
     return web.json_response(
         {"error": "unauthorized", "message": "a valid API key is required"},
         status=401,
         headers={"WWW-Authenticate": 'Bearer realm="knowlithic-tts"'},
     )
-
-
-def _client_key(request: web.Request) -> str:
-    """The rate-limit key: the IP address, or its /64 for IPv6 (one host, many addresses)."""
-    remote = request.remote or "unknown"
-    try:
-        address = ipaddress.ip_address(remote)
-    except ValueError:
-        return remote
-    if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is not None:
-            return str(address.ipv4_mapped)
-        return str(ipaddress.IPv6Network((address, 64), strict=False))
-    return str(address)
 
 
 # -- routes ----------------------------------------------------------------------------------
@@ -244,7 +206,7 @@ async def _websocket(request: web.Request) -> web.StreamResponse:
         )
     if state.shutting_down:
         return web.json_response({"error": "shutting_down"}, status=503)
-    if not _authorized(request, config.api_key):
+    if not authorized(request, config.api_key):
         return _unauthorized()
     if len(state.sessions) >= config.max_connections:
         return web.json_response(
@@ -254,12 +216,9 @@ async def _websocket(request: web.Request) -> web.StreamResponse:
         )
     await ws.prepare(request)
     binary = ws.ws_protocol == protocol.SUBPROTOCOL
-    client = _client_key(request)
+    client = client_key(request)
+    limit_unsent(request)
     transport = request.transport
-    sock = transport.get_extra_info("socket") if transport is not None else None
-    if sock is not None and hasattr(socket, "TCP_NOTSENT_LOWAT"):
-        with contextlib.suppress(OSError):  # not TCP (a Unix socket), or an older kernel
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, _UNSENT_BYTES)
     session = Session(
         ws,
         state,
@@ -309,13 +268,25 @@ async def _health(request: web.Request) -> web.Response:
 
 async def _voices(request: web.Request) -> web.Response:
     state = server_state(request.app)
-    if not _authorized(request, state.config.api_key):
+    if not authorized(request, state.config.api_key):
         return _unauthorized()
     return web.json_response(state.describe_voices())
 
 
+async def _speech(request: web.Request) -> web.StreamResponse:
+    return await http_speech.speech(request, server_state(request.app))
+
+
+async def _audio_voices(request: web.Request) -> web.Response:
+    return await http_speech.voices(request, server_state(request.app))
+
+
+async def _models(request: web.Request) -> web.Response:
+    return await http_speech.models(request, server_state(request.app))
+
+
 async def _metrics(request: web.Request) -> web.Response:
     state = server_state(request.app)
-    if not _authorized(request, state.config.api_key):
+    if not authorized(request, state.config.api_key):
         return _unauthorized()
     return web.Response(body=state.metrics.render(), headers={"Content-Type": CONTENT_TYPE})

@@ -86,6 +86,13 @@ class Metrics:
             ["outcome"],
             registry=self.registry,
         )
+        self.speech_responses = Counter(
+            "knowlithic_tts_http_speech_responses",
+            "Answers to POST /v1/audio/speech, by HTTP status (200 counted when the audio's "
+            "headers leave).",
+            ["status"],
+            registry=self.registry,
+        )
         self.errors = Counter(
             "knowlithic_tts_errors",
             "Error messages sent, by protocol error code.",

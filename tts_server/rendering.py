@@ -66,6 +66,12 @@ class Rendering:
         self.pending = Pending(costs, [estimate * c / total for c in costs], due)
         state.headroom.add(self.pending)
 
+    @property
+    def sample_rate(self) -> int:
+        """The rate of the audio: the format's encoder may not offer the rate asked for
+        (known once :meth:`messages` has started)."""
+        return self._encoder_rate
+
     def release(self) -> None:
         """The request ended: it owes nothing more."""
         self._state.headroom.remove(self.pending)

@@ -1,7 +1,8 @@
 """What all connections of one server share: its settings, engine, limits and metrics.
 
 One :class:`ServerState` per app (``tts_server.app`` builds it); each connection's
-:class:`~tts_server.session.Session` holds it and registers itself in ``sessions``.
+:class:`~tts_server.session.Session` holds it and registers itself in ``sessions``, each HTTP
+speech request (:class:`~tts_server.http_speech.HttpSpeech`) in ``speeches``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from .metrics import Metrics
 from .scheduler import Scheduler
 
 if TYPE_CHECKING:
+    from .http_speech import HttpSpeech
     from .session import Session
 
 # the output rates a request may ask for (the voice's audio is resampled to it)
@@ -41,6 +43,7 @@ class ServerState:
     rate_limiter: RateLimiter
     metrics: Metrics
     sessions: set[Session] = field(default_factory=set)
+    speeches: set[HttpSpeech] = field(default_factory=set)  # POST /v1/audio/speech in flight
     shutting_down: bool = False
     aliases: dict[str, str] = field(init=False)
 

@@ -1,4 +1,4 @@
-"""The audio payload formats, and the one place each is registered: PCM, WAV, Ogg Opus.
+"""The audio payload formats, and the one place each is registered: PCM, WAV, Ogg Opus, MP3.
 
 A new format is one module with an encoder and a decoder, plus one entry in ``_FORMATS``.
 """
@@ -13,7 +13,7 @@ from .base import AudioDecoder, AudioEncoder, AudioFormatError, PcmChunk
 from .pcm import PcmEncoder
 from .wav import WavDecoder, WavEncoder
 
-OutputFormat: TypeAlias = Literal["pcm", "wav", "opus"]
+OutputFormat: TypeAlias = Literal["pcm", "wav", "opus", "mp3"]
 
 
 @dataclass(frozen=True)
@@ -47,11 +47,26 @@ def _opus_decoder(rate: int) -> AudioDecoder:
     return OpusDecoder(sample_rate=rate)
 
 
+def _mp3_encoder(rate: int, bitrate: int | None) -> AudioEncoder:
+    from .mp3 import Mp3Encoder  # noqa: PLC0415 - PyAV, as for Opus
+
+    # its own bit rate: the server's default (--opus-bitrate) is Opus's, too low for MP3
+    return Mp3Encoder(sample_rate=rate)
+
+
+def _mp3_decoder(rate: int) -> AudioDecoder:
+    from .mp3 import Mp3Decoder  # noqa: PLC0415
+
+    return Mp3Decoder(sample_rate=rate)
+
+
 _FORMATS: Final[dict[str, Format]] = {
     "pcm": Format("pcm", lambda rate, _: PcmEncoder(sample_rate=rate), _wav_decoder),
     "wav": Format("wav", lambda rate, _: WavEncoder(sample_rate=rate), _wav_decoder),
     # legacy servers know nothing of it: asked for only where the capabilities list it
     "opus": Format("opus", _opus_encoder, _opus_decoder, universal=False, message_ms=200),
+    # for OpenAI's clients (its API's default format); no message holds less than a frame
+    "mp3": Format("mp3", _mp3_encoder, _mp3_decoder, universal=False, message_ms=200),
 }
 OUTPUT_FORMATS: Final[tuple[OutputFormat, ...]] = get_args(OutputFormat)
 

@@ -29,7 +29,7 @@ async def test_tagged_clients_get_capabilities_first(connect: Connect) -> None:
     assert caps is not None
     assert caps.protocol_version == protocol.PROTOCOL_VERSION
     assert set(caps.voices) == {"joe", "elise"}
-    assert set(caps.output_formats) == {"pcm", "wav", "opus"}
+    assert set(caps.output_formats) == {"pcm", "wav", "opus", "mp3"}
     assert {16000, 24000, 48000} <= set(caps.sample_rates) == set(SAMPLE_RATES)
     assert caps.word_timestamps is True
     assert caps.max_text_length == 5000
