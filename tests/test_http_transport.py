@@ -150,11 +150,11 @@ async def test_raw_pcm_without_a_stated_rate_is_24_khz_as_openai_defines_it(
 async def test_audio_in_a_format_the_plugin_cannot_play_is_a_clear_error(
     http_server: FakeHttpServer, make_http_tts: MakeHttpTTS
 ) -> None:
-    http_server.behavior = HttpBehavior(content_type="audio/mpeg")
+    http_server.behavior = HttpBehavior(content_type="audio/aac")
     tts = make_http_tts()
     with pytest.raises(APIStatusError) as info:
         await speak(tts, TEXT[0], conn_options=FAST_RETRY)
-    assert "audio/mpeg" in info.value.message and not info.value.retryable
+    assert "audio/aac" in info.value.message and not info.value.retryable
     assert len(http_server.received.requests) == 1
 
 

@@ -135,5 +135,5 @@ def test_the_plugin_refuses_a_format_it_does_not_know() -> None:
     with pytest.raises(ValueError, match="output_format"):
         from tts_custom.knowlithictts import TTS
 
-        TTS(base_url="ws://localhost:1", output_format="mp3")  # type: ignore[arg-type]
+        TTS(base_url="ws://localhost:1", output_format="flac")  # type: ignore[arg-type]
     assert "opus" in protocol.OUTPUT_FORMATS

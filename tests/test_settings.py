@@ -170,7 +170,7 @@ def test_missing_and_malformed_are_reported_together() -> None:
             "VAD_ACTIVATION_THRESHOLD": "20.0",
             "NOISE_CANCELLATION": "maybe",
             "KNOWLITHIC_SAMPLE_RATE": "16k",
-            "KNOWLITHIC_OUTPUT_FORMAT": "mp3",
+            "KNOWLITHIC_OUTPUT_FORMAT": "flac",
             "KNOWLITHIC_TRANSPORT": "grpc",
             "KNOWLITHIC_TTS_SERVER": "localhost:8000",
             "AGENT_PROMPT": "nobody",

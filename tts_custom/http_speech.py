@@ -40,6 +40,8 @@ _CONTENT_FORMATS: Final[Mapping[str, protocol.OutputFormat]] = {
     "audio/vnd.wave": "wav",
     "audio/ogg": "opus",
     "audio/opus": "opus",
+    "audio/mpeg": "mp3",
+    "audio/mp3": "mp3",
 }
 # one decoder takes both raw PCM and WAV (servers mislabel one as the other)
 _WAV_FAMILY: Final = frozenset({"pcm", "wav"})

@@ -239,7 +239,8 @@ class HttpTransport:
     async def _read_body(
         self, channel: HttpChannel, response: aiohttp.ClientResponse, stream: AudioStream
     ) -> None:
-        splitter = WavSplitter() if stream.output_format != "opus" else None
+        # WAV headers may hide anywhere in raw PCM or WAV; other formats frame themselves
+        splitter = WavSplitter() if stream.output_format in ("pcm", "wav") else None
         async for data in response.content.iter_any():
             self._heard()
             for piece in splitter.feed(data) if splitter is not None else (data,):

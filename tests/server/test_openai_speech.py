@@ -71,7 +71,7 @@ def gate_server() -> Callable[[RunningServer], Gate]:
                 await gate.opened.wait()
             return await original(job, deadline)
 
-        scheduler.run = gated  # type: ignore[method-assign]
+        scheduler.run = gated  # type: ignore[method-assign,assignment]
         return gate
 
     return install
