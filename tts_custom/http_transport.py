@@ -199,6 +199,8 @@ class HttpTransport:
             logger.exception("Knowlithic TTS HTTP request failed")
             self._lose(ConnectionLost(None, f"request failed: {type(e).__name__}"))
             return
+        if isinstance(end, protocol.Error):
+            self._answered()  # a refusal proves the server is there, as audio does
         channel._deliver(end)
         self._unroute(channel)
 
@@ -208,12 +210,12 @@ class HttpTransport:
         body = request_body(msg, self._model)
         headers = {**self._headers, "X-Request-Id": msg.request_id}
         for attempt in (1, 2):
-            answered = False
+            headers_came = False
             try:
                 async with self._session.post(
                     self._endpoints.speech, json=body, headers=headers, timeout=_NO_TOTAL
                 ) as response:
-                    answered = True
+                    headers_came = True
                     self._heard()
                     if response.status != 200:
                         raw = await response.content.read(_MAX_ERROR_BODY)
@@ -228,7 +230,7 @@ class HttpTransport:
                 # a kept-alive connection the server had closed meanwhile fails before any
                 # answer: once more, on a new one (browsers do the same).  A refused connect
                 # is the server gone, not a stale connection.
-                stale = not answered and not isinstance(e, aiohttp.ClientConnectorError)
+                stale = not headers_came and not isinstance(e, aiohttp.ClientConnectorError)
                 if stale and attempt == 1:
                     continue
                 raise _Lost(_reason(e)) from None
@@ -250,6 +252,9 @@ class HttpTransport:
 
     def _audio(self, channel: HttpChannel, data: bytes, rate: int | None) -> None:
         channel._deliver(protocol.Audio(request_id=channel.request_id, data=data, sample_rate=rate))
+        self._answered()
+
+    def _answered(self) -> None:
         self.answered += 1
         if self.answered == 1 and self.on_first_answer is not None:
             self.on_first_answer()
