@@ -91,6 +91,7 @@ async def test_speaks_a_reply_sentence_by_sentence_over_http(
     http_server: FakeHttpServer, make_http_tts: MakeHttpTTS, output_format: str
 ) -> None:
     tts = make_http_tts(output_format=output_format)
+    assert not tts.capabilities.aligned_transcript  # known before any session reads it
     spoken = await speak(tts, LONG_REPLY)
     texts = http_server.received.texts
     assert len(texts) == 6  # one request per sentence

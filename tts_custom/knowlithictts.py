@@ -151,9 +151,12 @@ class TTS(tts.TTS[None]):
             raise ValueError(f"output_format must be one of {protocol.OUTPUT_FORMATS}")
         if sentences_ahead < 1:
             raise ValueError("sentences_ahead must be at least 1")
+        chosen = _transport_name(transport) if is_given(transport) else "websocket"
         super().__init__(
             capabilities=tts.TTSCapabilities(
-                streaming=use_streaming, aligned_transcript=word_timestamps
+                streaming=use_streaming,
+                # HTTP brings no word timings: said now, before a session reads it
+                aligned_transcript=word_timestamps and chosen == "websocket",
             ),
             sample_rate=sample_rate,
             num_channels=1,
@@ -165,7 +168,7 @@ class TTS(tts.TTS[None]):
             sample_rate=sample_rate,
             output_format=output_format,
             word_timestamps=word_timestamps,
-            transport=_transport_name(transport) if is_given(transport) else "websocket",
+            transport=chosen,
             model=model if is_given(model) else DEFAULT_MODEL,
             api_key=key,
         )
