@@ -157,7 +157,7 @@ def test_malformed_server_frames_raise_protocol_errors(frame: str | bytes) -> No
         ),
         (
             '{"type": "text_to_speech", "request_id": "r", "text": "a", "voice": "v", '
-            '"sample_rate": 16000, "output_format": "mp3"}',
+            '"sample_rate": 16000, "output_format": "flac"}',
             p.ERR_UNSUPPORTED,
         ),
         (

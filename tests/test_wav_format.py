@@ -172,4 +172,4 @@ def test_every_declared_format_is_registered() -> None:
     for name in formats.OUTPUT_FORMATS:
         assert formats.get(name).name == name
     with pytest.raises(KeyError):
-        formats.get("mp3")
+        formats.get("flac")

@@ -7,6 +7,7 @@ import asyncio
 import base64
 import io
 import json
+import logging
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -59,7 +60,7 @@ class Gate:
 
 
 @pytest.fixture
-def gate_server() -> Callable[[RunningServer], Gate]:
+def gate_server(monkeypatch: pytest.MonkeyPatch) -> Callable[[RunningServer], Gate]:
     def install(server: RunningServer) -> Gate:
         scheduler = server.state.scheduler
         original = scheduler.run
@@ -71,7 +72,7 @@ def gate_server() -> Callable[[RunningServer], Gate]:
                 await gate.opened.wait()
             return await original(job, deadline)
 
-        scheduler.run = gated  # type: ignore[method-assign,assignment]
+        monkeypatch.setattr(scheduler, "run", gated)
         return gate
 
     return install
@@ -142,12 +143,13 @@ async def test_wav_has_a_streaming_header_then_the_samples(
     [("opus", "audio/ogg", {"opus", "libopus"}), ("mp3", "audio/mpeg", {"mp3", "mp3float"})],
 )
 async def test_compressed_formats_are_files_a_player_decodes(
-    server: RunningServer,
+    start_server: StartServer,
     http: aiohttp.ClientSession,
     response_format: str,
     content_type: str,
     codec: set[str],
 ) -> None:
+    server = await start_server(noise_scale=0.0, noise_w=0.0)  # the same audio twice
     _, _, pcm = await post(http, server, {"input": TEXT, "response_format": "pcm"})
     status, headers, data = await post(
         http, server, {"input": TEXT, "response_format": response_format}
@@ -369,3 +371,29 @@ async def test_models_and_voices_are_listed(
     assert [v["id"] for v in voices["data"]] == ["joe"]
     assert voices["data"][0]["aliases"] == ["elise"]
     assert "alloy" in voices["openai_voices"]
+
+
+async def test_no_text_and_no_key_reach_the_log(
+    start_server: StartServer, http: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    server = await start_server(api_key="s3cret-key", max_text_length=60)
+    secret = "Zanzibar quokka marmalade."
+    auth = {"Authorization": "Bearer s3cret-key"}
+    for body, headers in [
+        ({"input": secret, "response_format": "pcm"}, auth),  # spoken
+        ({"input": secret, "voice": "nobody"}, auth),  # refused
+        ({"input": secret * 3}, auth),  # too long
+        ({"input": secret}, {"Authorization": "Bearer wrong-s3cret-key"}),  # unauthorized
+    ]:
+        await post(http, server, body, headers=headers)
+    async with http.post(
+        server.url(SPEECH), json={"input": secret, "response_format": "pcm"}, headers=auth
+    ) as response:
+        await response.content.readany()
+        response.close()  # gone mid-response: logged
+    await until(lambda: idle(server.state))
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "POST /v1/audio/speech" in logged  # the access log saw the requests
+    for word in ("Zanzibar", "quokka", "s3cret"):
+        assert word not in logged

@@ -91,7 +91,7 @@ async def test_a_bit_rate_out_of_bounds_and_an_unknown_format_are_refused(
     assert bad.terminal.code == protocol.ERR_BAD_REQUEST and "bitrate" in bad.terminal.message
     await client.send_raw(
         '{"type": "text_to_speech", "request_id": "f", "text": "Hi.", "voice": "joe", '
-        '"sample_rate": 16000, "output_format": "mp3"}'
+        '"sample_rate": 16000, "output_format": "flac"}'
     )
     await client.until_done("f")
     terminal = client.results["f"].terminal

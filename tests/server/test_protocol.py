@@ -254,7 +254,7 @@ async def test_word_timestamps_arrive_before_their_audio(connect: Connect) -> No
         ('{"type": "text_to_speech", "request_id": "x", "text": "hi", "voice": "joe", '
          '"sample_rate": 1000}', protocol.ERR_BAD_REQUEST),
         ('{"type": "text_to_speech", "request_id": "x", "text": "hi", "voice": "joe", '
-         '"sample_rate": 16000, "output_format": "mp3"}', protocol.ERR_UNSUPPORTED),
+         '"sample_rate": 16000, "output_format": "flac"}', protocol.ERR_UNSUPPORTED),
         ('{"type": "text_to_speech", "text": "hi", "voice": "joe", "sample_rate": 16000}',
          protocol.ERR_BAD_REQUEST),
         (b"\x00\x01binary", protocol.ERR_BAD_REQUEST),
