@@ -8,6 +8,7 @@ reply is checked by its audio's digest, never by how long it took.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -46,6 +47,7 @@ FAST_RETRY = APIConnectOptions(max_retry=2, retry_interval=0.05, timeout=2.0)
 NO_RETRY = APIConnectOptions(max_retry=0, timeout=0.5)
 SECRET = "sk-test-3f9a1c77b2e84d0e"
 MakeHttpTTS = Callable[..., TTS]
+LONG_REPLY_SENTENCES = [sentence + "." for sentence in LONG_REPLY.rstrip(".").split(". ")]
 
 
 @pytest.fixture
@@ -104,6 +106,19 @@ async def test_speaks_a_reply_sentence_by_sentence_over_http(
         "knowlithic",
     )
     assert not tts.capabilities.aligned_transcript  # no word timings over HTTP
+
+
+async def test_synthesize_and_concurrent_streams_each_get_their_own_audio(
+    http_server: FakeHttpServer, make_http_tts: MakeHttpTTS
+) -> None:
+    http_server.behavior = HttpBehavior(chunk_bytes=640, chunk_delay=0.001)
+    tts = make_http_tts()
+    whole, first, second = await asyncio.gather(
+        synthesize(tts, LONG_REPLY), speak(tts, TEXT[0]), speak(tts, TEXT[1])
+    )
+    assert whole.digest == expected_digest(list(dict.fromkeys(LONG_REPLY_SENTENCES)))
+    assert first.digest == expected_digest([TEXT[0]])
+    assert second.digest == expected_digest([TEXT[1]])
 
 
 async def test_opus_over_http_decodes_to_the_same_speech(
