@@ -115,6 +115,7 @@ def build_tts(settings: Settings) -> KnowlithicTTS:
         sample_rate=settings.tts_sample_rate,
         output_format=settings.tts_output_format,
         api_key=settings.tts_api_key,
+        transport=settings.tts_transport,
     )
 
 

@@ -19,7 +19,13 @@ from typing import Final, TypeVar
 from urllib.parse import urlsplit
 
 from knowlithic_protocol import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, OUTPUT_FORMATS, OutputFormat
-from tts_custom.knowlithictts import URL_SCHEMES, header_safe_key, split_urls
+from tts_custom.knowlithictts import (
+    TRANSPORTS,
+    URL_SCHEMES,
+    TransportName,
+    header_safe_key,
+    split_urls,
+)
 
 __all__ = [
     "DEFAULT_GROQ_ATTEMPT_TIMEOUT",
@@ -138,6 +144,8 @@ class Settings:
     tts_voice: str
     tts_sample_rate: int
     tts_output_format: OutputFormat
+    tts_transport: TransportName
+    """``websocket``, or ``http``: OpenAI's speech API, to this server or a compatible one."""
     tts_timeout: float
     tts_outage_wait: float
     tts_probe_interval: float
@@ -218,6 +226,7 @@ def load_settings(
         tts_voice=env.text("KNOWLITHIC_VOICE", "elise"),
         tts_sample_rate=env.parse("KNOWLITHIC_SAMPLE_RATE", 16000, _sample_rate),
         tts_output_format=env.parse("KNOWLITHIC_OUTPUT_FORMAT", "wav", _output_format),
+        tts_transport=env.parse("KNOWLITHIC_TRANSPORT", "websocket", _transport),
         tts_timeout=env.parse(
             "KNOWLITHIC_TIMEOUT", DEFAULT_TTS_TIMEOUT, _up_to(MAX_TTS_TIMEOUT, "5")
         ),
@@ -414,6 +423,13 @@ def _output_format(raw: str) -> OutputFormat:
         if raw.strip().lower() == name:
             return name
     raise ValueError(f"expected one of {', '.join(OUTPUT_FORMATS)}")
+
+
+def _transport(raw: str) -> TransportName:
+    for name in TRANSPORTS:
+        if raw.strip().lower() == name:
+            return name
+    raise ValueError(f"expected one of {', '.join(TRANSPORTS)}")
 
 
 def _sample_rate(raw: str) -> int:

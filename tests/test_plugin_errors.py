@@ -337,6 +337,7 @@ def test_bad_urls_are_refused(bad: str) -> None:
         {"sample_rate": 96000},
         {"output_format": "flac"},
         {"sentences_ahead": 0},
+        {"transport": "grpc"},
     ],
 )
 def test_bad_options_are_refused(kwargs: dict[str, object]) -> None:

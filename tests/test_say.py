@@ -15,6 +15,7 @@ import av
 import pytest
 
 import knowlithic_protocol as protocol
+from tests.fake_http import FakeHttpServer
 from tests.fake_knowlithic import FakeKnowlithicServer, speech_for
 from tests.plugin_helpers import eventually
 from tts_custom import say
@@ -282,3 +283,45 @@ async def test_on_a_terminal_the_progress_is_one_line_rewritten_then_cleared(
     assert "\n" not in text  # rewritten in place, never scrolled
     assert "sentence 7/7, " in text
     assert text.endswith("\r\x1b[K")  # cleared before the result line
+
+
+@pytest.mark.parametrize("transport", [["--transport", "http"], []], ids=["http", "fallback"])
+async def test_an_http_url_speaks_over_http_chosen_or_as_the_fallback(
+    tmp_path: Path, transport: list[str]
+) -> None:
+    server = FakeHttpServer()
+    await server.start()
+    try:
+        target = tmp_path / "hello.wav"
+        code, out, err = await run_say(
+            "Hello there. How are you?", "--url", server.url, *transport, "-o", str(target)
+        )
+    finally:
+        await server.stop()
+    assert code == 0, err
+    assert "wrote" in out
+    with wave.open(str(target)) as wav:
+        pcm = wav.readframes(wav.getnframes())
+    speech = b"".join(speech_for(t, 16000) for t in server.received.texts)
+    assert pcm[: len(speech)] == speech
+    assert pcm[len(speech) :] in (b"", b"\0" * (16000 // 100 * 2))
+
+
+async def test_opus_over_http_writes_the_body_as_received(tmp_path: Path) -> None:
+    server = FakeHttpServer()
+    await server.start()
+    try:
+        target = tmp_path / "hello.ogg"
+        text = "Hello there. How are you?"
+        code, out, err = await run_say(
+            text, "--url", server.url, "--transport", "http", "--format", "opus", "-o", str(target)
+        )
+    finally:
+        await server.stop()
+    assert code == 0, err
+    assert "Ogg Opus" in out
+    assert server.received.texts == [text]  # the whole text in one request
+    with av.open(str(target), mode="r") as container:
+        stream = container.streams.audio[0]
+        samples: int = sum(frame.samples for frame in container.decode(stream))
+    assert samples / 48000 == pytest.approx(len(speech_for(text, 16000)) / 2 / 16000, abs=0.001)

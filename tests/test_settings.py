@@ -120,6 +120,7 @@ def test_values_are_read_and_stripped() -> None:
         KNOWLITHIC_VOICE="joe",
         KNOWLITHIC_SAMPLE_RATE="24000",
         KNOWLITHIC_OUTPUT_FORMAT=" PCM ",
+        KNOWLITHIC_TRANSPORT=" HTTP ",
         VAD_ACTIVATION_THRESHOLD="0.35",
         VAD_MIN_SPEECH_DURATION="0",
         VAD_MIN_SILENCE_DURATION="1.5",
@@ -129,6 +130,7 @@ def test_values_are_read_and_stripped() -> None:
     assert s.groq_model == "openai/gpt-oss-20b"
     assert (s.tts_api_key, s.tts_voice, s.tts_sample_rate) == ("k", "joe", 24000)
     assert s.tts_output_format == "pcm"
+    assert s.tts_transport == "http"
     assert s.vad_activation_threshold == 0.35
     assert (s.vad_min_speech_duration, s.vad_min_silence_duration) == (0.0, 1.5)
     assert s.noise_cancellation is False
@@ -169,6 +171,7 @@ def test_missing_and_malformed_are_reported_together() -> None:
             "NOISE_CANCELLATION": "maybe",
             "KNOWLITHIC_SAMPLE_RATE": "16k",
             "KNOWLITHIC_OUTPUT_FORMAT": "flac",
+            "KNOWLITHIC_TRANSPORT": "grpc",
             "KNOWLITHIC_TTS_SERVER": "localhost:8000",
             "AGENT_PROMPT": "nobody",
         }
@@ -183,6 +186,7 @@ def test_missing_and_malformed_are_reported_together() -> None:
         "NOISE_CANCELLATION",
         "KNOWLITHIC_SAMPLE_RATE",
         "KNOWLITHIC_OUTPUT_FORMAT",
+        "KNOWLITHIC_TRANSPORT",
         "KNOWLITHIC_TTS_SERVER",
         "AGENT_PROMPT",
     }

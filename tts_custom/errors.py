@@ -16,6 +16,8 @@ from livekit.agents import APIConnectionError, APIError, APIStatusError, APITime
 import knowlithic_protocol as protocol
 
 _AUTH_REFUSED: Final = frozenset({401, 403})
+# a refused key reported per request (the HTTP transport's 401): not a protocol code
+ERR_UNAUTHORIZED: Final = "unauthorized"
 _OVERLOADED: Final = frozenset({408, 429})
 # protocol error codes seen as HTTP statuses, for metrics and the framework's retry rules
 _STATUS_BY_CODE: Final = {
@@ -25,6 +27,7 @@ _STATUS_BY_CODE: Final = {
     protocol.ERR_SHUTTING_DOWN: 503,
     protocol.ERR_INTERNAL: 500,
     protocol.ERR_UNKNOWN_VOICE: 404,
+    ERR_UNAUTHORIZED: 401,
 }
 
 

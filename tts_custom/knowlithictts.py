@@ -7,7 +7,9 @@ Usage::
     tts = TTS()  # KNOWLITHIC_TTS_SERVER (or TTS_SERVER_URL), voice "elise", 16 kHz
 
 One persistent WebSocket per ``TTS`` instance carries every request of every stream, each
-tagged with its own request id.  See ``docs/protocol.md`` for the messages.
+tagged with its own request id; with ``transport="http"`` each request is a
+``POST /v1/audio/speech`` over kept-alive connections instead.  See ``docs/protocol.md`` for
+the messages.
 """
 
 from __future__ import annotations
@@ -18,29 +20,36 @@ import os
 import weakref
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field, replace
-from typing import Final
+from typing import Final, Literal, TypeAlias, get_args
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import aiohttp
-from livekit.agents import APIConnectOptions, tokenize, tts, utils
+from livekit.agents import APIConnectOptions, APIStatusError, tokenize, tts, utils
 from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, NOT_GIVEN, NotGivenOr
 from livekit.agents.utils import is_given
 
 import knowlithic_protocol as protocol
 
+from . import http_transport, ws_transport
 from .backoff import Outage, Patience
+from .errors import redact_url
+from .http_speech import DEFAULT_MODEL
 from .log import logger
 from .server_pool import ServerPool
 from .shared_connection import Acquired, SharedConnection
 from .synthesis import SentenceSynthesis
 from .transport import Transport
-from .ws_transport import connect
 
 DEFAULT_VOICE: Final = "elise"
 DEFAULT_SAMPLE_RATE: Final = 16000
 BASE_URL_ENV_VARS: Final = ("KNOWLITHIC_TTS_SERVER", "TTS_SERVER_URL")
 API_KEY_ENV_VAR: Final = "KNOWLITHIC_API_KEY"
 _WS_SCHEMES: Final = {"ws": "ws", "wss": "wss", "http": "ws", "https": "wss"}
+TransportName: TypeAlias = Literal["websocket", "http"]
+TRANSPORTS: Final[tuple[TransportName, ...]] = get_args(TransportName)
+# a WebSocket upgrade answered so says "no WebSocket here" (a proxy, an HTTP-only server),
+# not "you may not": the same host is then spoken to over HTTP
+NO_WEBSOCKET: Final = frozenset({400, 404, 405, 426})
 # the schemes a base_url may have (an http(s) URL means the WebSocket on the same host)
 URL_SCHEMES: Final = tuple(_WS_SCHEMES)
 # query parameters that carry a key: moved to the Authorization header, never sent in a URL
@@ -57,6 +66,8 @@ class _TTSOptions:
     sample_rate: int
     output_format: protocol.OutputFormat
     word_timestamps: bool
+    transport: TransportName
+    model: str
     api_key: str | None = field(repr=False)
 
     def template(self, request_id: str) -> protocol.TextToSpeech:
@@ -89,6 +100,8 @@ class TTS(tts.TTS[None]):
         heartbeat: float | None = 15.0,
         sentences_ahead: int = 3,
         unhealthy_after: float = 10.0,
+        transport: NotGivenOr[TransportName] = NOT_GIVEN,
+        model: NotGivenOr[str] = NOT_GIVEN,
     ) -> None:
         """Create a Knowlithic TTS.
 
@@ -119,6 +132,12 @@ class TTS(tts.TTS[None]):
             unhealthy_after (float): Seconds of failing connection attempts, without a
                 break, after which the server counts as down: a new reply then fails after
                 one more attempt instead of waiting its whole ``conn_options.timeout``.
+            transport (str, optional): ``"websocket"`` (the default) or ``"http"``: one
+                ``POST /v1/audio/speech`` per sentence (OpenAI's speech API) over kept-alive
+                connections, to this project's server or any OpenAI-compatible one; no word
+                timings then. The URLs are the same either way. A server that answers the
+                WebSocket upgrade with 400, 404, 405 or 426 is spoken to over HTTP (logged once).
+            model (str, optional): The ``model`` sent over HTTP. Defaults to ``"knowlithic"``.
 
         Each reply waits for a failing server (a restart, a dropped socket, a stall) at most
         ``conn_options.timeout`` seconds in all, the framework's retries included.
@@ -132,9 +151,12 @@ class TTS(tts.TTS[None]):
             raise ValueError(f"output_format must be one of {protocol.OUTPUT_FORMATS}")
         if sentences_ahead < 1:
             raise ValueError("sentences_ahead must be at least 1")
+        chosen = _transport_name(transport) if is_given(transport) else "websocket"
         super().__init__(
             capabilities=tts.TTSCapabilities(
-                streaming=use_streaming, aligned_transcript=word_timestamps
+                streaming=use_streaming,
+                # HTTP brings no word timings: said now, before a session reads it
+                aligned_transcript=word_timestamps and chosen == "websocket",
             ),
             sample_rate=sample_rate,
             num_channels=1,
@@ -146,8 +168,11 @@ class TTS(tts.TTS[None]):
             sample_rate=sample_rate,
             output_format=output_format,
             word_timestamps=word_timestamps,
+            transport=chosen,
+            model=model if is_given(model) else DEFAULT_MODEL,
             api_key=key,
         )
+        self._http_fallback: set[str] = set()  # URLs whose server refused the WebSocket
         self._session = http_session
         self._owns_session = http_session is None
         self._tokenizer = (
@@ -190,13 +215,20 @@ class TTS(tts.TTS[None]):
         *,
         voice: NotGivenOr[str] = NOT_GIVEN,
         sample_rate: NotGivenOr[int] = NOT_GIVEN,
+        transport: NotGivenOr[TransportName] = NOT_GIVEN,
     ) -> None:
-        """Change the voice or the output rate; streams started later use them.
+        """Change the voice, the output rate or the transport; streams started later use them.
 
         Args:
             voice (str, optional): Voice name.
             sample_rate (int, optional): Output rate in Hz, 8000 to 48000.
+            transport (str, optional): ``"websocket"`` or ``"http"``: the open connections
+                are replaced (each closes once the requests it carries are done).
         """
+        if is_given(transport) and _transport_name(transport) != self._opts.transport:
+            self._opts.transport = transport
+            for index in range(len(self._opts.urls)):
+                self._pool.connection(index).invalidate()
         if is_given(voice):
             self._opts.voice = voice
         if is_given(sample_rate):
@@ -238,17 +270,45 @@ class TTS(tts.TTS[None]):
     async def _connect(self, url: str, timeout: float) -> Transport:
         if self._session is None:
             self._session = aiohttp.ClientSession()
-        conn = await connect(
-            self._session,
-            url,
-            api_key=self._opts.api_key,
-            timeout=timeout,
-            heartbeat=self._heartbeat,
-        )
+        if self._opts.transport == "http" or url in self._http_fallback:
+            conn: Transport = await self._connect_http(url, timeout)
+        else:
+            try:
+                conn = await ws_transport.connect(
+                    self._session,
+                    url,
+                    api_key=self._opts.api_key,
+                    timeout=timeout,
+                    heartbeat=self._heartbeat,
+                )
+            except APIStatusError as e:
+                if e.status_code not in NO_WEBSOCKET:
+                    raise
+                conn = await self._connect_http(url, timeout)
+                self._http_fallback.add(url)
+                logger.warning(
+                    "Knowlithic TTS at %s refused the WebSocket upgrade (HTTP %d): speaking to "
+                    "it over HTTP (POST /v1/audio/speech) from now on",
+                    redact_url(url),
+                    e.status_code,
+                )
         if conn.capabilities is not None and not conn.capabilities.word_timestamps:
             # the framework then shows the reply's text as written, without word timings
             self._capabilities.aligned_transcript = False
         return conn
+
+    async def _connect_http(self, url: str, timeout: float) -> Transport:
+        assert self._session is not None
+        return await http_transport.connect(
+            self._session,
+            url,
+            api_key=self._opts.api_key,
+            timeout=timeout,
+            model=self._opts.model,
+            keep_warm=self._heartbeat,
+            # the sentence playing and those sent ahead each need a connection of their own
+            connections=self._sentences_ahead + 1,
+        )
 
     def _synthesis(
         self,
@@ -444,6 +504,13 @@ def header_safe_key(key: str | None) -> str | None:
             f"{API_KEY_ENV_VAR}"
         )
     return key
+
+
+def _transport_name(value: str) -> TransportName:
+    for name in TRANSPORTS:
+        if value == name:
+            return name
+    raise ValueError(f"transport must be one of {', '.join(TRANSPORTS)}, got {value!r}")
 
 
 def _first_env(names: Iterable[str]) -> str | None:

@@ -3,9 +3,12 @@
     python -m tts_custom.say "Hello, I'm Avery." -o hello.wav
     echo "Read from standard input." | python -m tts_custom.say - -o out.wav
     python -m tts_custom.say "Hello." --format opus -o hello.ogg
+    python -m tts_custom.say "Hello." --url http://localhost:8000 --transport http
 
-It streams the text exactly as the agent does (sentence by sentence over one WebSocket) to
-the server in KNOWLITHIC_TTS_SERVER (default ws://localhost:8000, the self-hosted server).
+It streams the text exactly as the agent does (sentence by sentence over one WebSocket, or
+with ``--transport http`` one POST per sentence) to the server in KNOWLITHIC_TTS_SERVER
+(default ws://localhost:8000, the self-hosted server); a server that refuses the WebSocket
+upgrade (400, 404, 405, 426) is spoken to over HTTP, as the agent does.
 With ``--format opus`` it asks for the whole text in one request and writes the Ogg Opus
 stream exactly as it arrived: what is on the wire, playable as a file.
 """
@@ -32,15 +35,20 @@ from livekit.agents.types import USERDATA_TIMED_TRANSCRIPT
 import knowlithic_protocol as protocol
 from knowlithic_protocol import formats
 
+from . import http_transport
 from .errors import server_error
+from .http_speech import DEFAULT_MODEL
 from .knowlithictts import (
     BASE_URL_ENV_VARS,
     DEFAULT_SAMPLE_RATE,
     DEFAULT_VOICE,
+    NO_WEBSOCKET,
+    TRANSPORTS,
     TTS,
+    TransportName,
     endpoint,
 )
-from .transport import ConnectionLost
+from .transport import ConnectionLost, Transport
 from .ws_transport import connect
 
 T = TypeVar("T")
@@ -143,13 +151,14 @@ async def receive_stream(
     sample_rate: int,
     output_format: protocol.OutputFormat,
     timeout: float = 10.0,
+    transport: TransportName = "websocket",
 ) -> Received:
     """Ask for ``text`` in one request and keep its audio payloads as they arrived (each
     checked by decoding it, so a corrupt stream is an error, not a broken file)."""
     ws_url, api_key = endpoint(url)
     started = time.perf_counter()
     async with aiohttp.ClientSession() as http:
-        conn = await connect(http, ws_url, api_key=api_key, timeout=timeout, heartbeat=None)
+        conn = await _open(http, ws_url, api_key, timeout, transport)
         try:
             caps = conn.capabilities
             if caps is None or output_format not in caps.output_formats:
@@ -189,6 +198,31 @@ async def receive_stream(
     return Received(bytes(payloads), samples / rate, rate, first, time.perf_counter() - started)
 
 
+async def _open(
+    http: aiohttp.ClientSession,
+    url: str,
+    api_key: str | None,
+    timeout: float,
+    transport: TransportName,
+) -> Transport:
+    """One connection, over the transport asked for (HTTP too where the WebSocket is refused)."""
+    if transport == "websocket":
+        try:
+            return await connect(http, url, api_key=api_key, timeout=timeout, heartbeat=None)
+        except APIStatusError as e:
+            if e.status_code not in NO_WEBSOCKET:
+                raise
+    return await http_transport.connect(
+        http,
+        url,
+        api_key=api_key,
+        timeout=timeout,
+        model=DEFAULT_MODEL,
+        keep_warm=None,
+        connections=1,
+    )
+
+
 def write_wav(path: Path, pcm: bytes, sample_rate: int) -> None:
     with wave.open(str(path), "wb") as out:
         out.setnchannels(1)
@@ -217,6 +251,13 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         default="wav",
         help="audio format on the wire; with opus the output is the Ogg Opus stream as received",
     )
+    parser.add_argument(
+        "--transport",
+        choices=TRANSPORTS,
+        default=os.environ.get("KNOWLITHIC_TRANSPORT", "websocket").strip().lower(),
+        help="websocket (default: KNOWLITHIC_TRANSPORT, else websocket), or http: one "
+        "POST /v1/audio/speech per sentence",
+    )
     return parser.parse_args(argv)
 
 
@@ -237,6 +278,7 @@ async def _main(args: argparse.Namespace) -> int:
             voice=args.voice,
             sample_rate=args.sample_rate,
             output_format=args.format,
+            transport=args.transport,
             word_timestamps=True,  # the progress counts the words the audio has reached
         )
     except ValueError as e:
@@ -279,7 +321,12 @@ async def _receive_opus(args: argparse.Namespace, text: str, url: str) -> int:
     try:
         received = await _interruptible(
             receive_stream(
-                url, text, voice=args.voice, sample_rate=args.sample_rate, output_format="opus"
+                url,
+                text,
+                voice=args.voice,
+                sample_rate=args.sample_rate,
+                output_format="opus",
+                transport=args.transport,
             )
         )
     except APIError as e:

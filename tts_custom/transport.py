@@ -1,6 +1,7 @@
 """What the plugin needs from a transport to a Knowlithic server, whatever carries it.
 
-A :class:`Transport` is one open link to a server (today a WebSocket, :mod:`.ws_transport`)
+A :class:`Transport` is one open link to a server (a WebSocket, :mod:`.ws_transport`, or a
+pool of kept-alive HTTP connections, :mod:`.http_transport`)
 that opens requests and closes.  Each request is a :class:`Channel` that sends it, cancels it
 and receives its messages, routed and ended by the protocol's rules, with
 :class:`ConnectionLost` as the last event of every open request when the link dies.  The
@@ -16,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol, TypeAlias
 
-from livekit.agents import APIConnectionError
+from livekit.agents import APIConnectionError, APITimeoutError
 
 import knowlithic_protocol as protocol
 
@@ -108,3 +109,20 @@ class Transport(Protocol):
 
 
 Connect: TypeAlias = Callable[[float], Awaitable[Transport]]  # the timeout in seconds
+
+
+async def next_event(
+    queue: asyncio.Queue[RequestEvent], timeout: float, request_id: str
+) -> RequestEvent:
+    """A channel's next event from its queue; ``APITimeoutError`` if none comes in time."""
+    if not queue.empty():  # the common case while audio streams: no timer needed
+        return queue.get_nowait()
+    try:
+        # asyncio.timeout, not wait_for: on 3.11 wait_for wraps the wait in a new task,
+        # an extra task and loop pass for every audio message
+        async with asyncio.timeout(timeout):
+            return await queue.get()
+    except TimeoutError:
+        raise APITimeoutError(
+            f"Knowlithic TTS sent nothing for request {request_id} in {timeout:g} s"
+        ) from None

@@ -23,7 +23,7 @@ from knowlithic_protocol.client import ClientProtocol, ConnectionMessage, Ignore
 
 from .errors import connection_lost_error, handshake_error, redact_url
 from .log import logger
-from .transport import ConnectionLost, RequestEvent
+from .transport import ConnectionLost, RequestEvent, next_event
 
 # a peer that never answers our close frame must not hold the worker (aiohttp waits 10 s)
 CLOSE_TIMEOUT: Final = 2.0
@@ -55,17 +55,7 @@ class WebSocketChannel:
 
     async def receive(self, timeout: float) -> RequestEvent:
         """The next message for this request; :class:`APITimeoutError` if none comes in time."""
-        if not self._queue.empty():  # the common case while audio streams: no timer needed
-            return self._queue.get_nowait()
-        try:
-            # asyncio.timeout, not wait_for: on 3.11 wait_for wraps the wait in a new task,
-            # an extra task and loop pass for every audio message
-            async with asyncio.timeout(timeout):
-                return await self._queue.get()
-        except TimeoutError:
-            raise APITimeoutError(
-                f"Knowlithic TTS sent nothing for request {self.request_id} in {timeout:g} s"
-            ) from None
+        return await next_event(self._queue, timeout, self.request_id)
 
     def close(self) -> None:
         """Stop routing messages here; later ones for this request are dropped."""
