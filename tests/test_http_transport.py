@@ -24,6 +24,7 @@ from livekit.agents import (
 from livekit.agents.tts import TTSError
 
 import knowlithic_protocol as protocol
+from knowlithic_protocol.http import STREAM_HEADER
 from tests.fake_http import FakeHttpServer, HttpBehavior
 from tests.fake_knowlithic import speech_for, wav_header
 from tests.loopback import free_port
@@ -287,6 +288,42 @@ async def test_an_interruption_closes_the_response_and_no_stale_audio_reaches_th
     http_server.behavior = HttpBehavior()
     spoken = await speak(tts, SHORT)
     assert spoken.digest == expected_digest([SHORT])
+
+
+async def test_after_an_interruption_the_closed_connections_are_reopened_before_the_next_turn(
+    http_server: FakeHttpServer, make_http_tts: MakeHttpTTS
+) -> None:
+    # closing a response closes its connection: the next turn must not pay a handshake
+    http_server.behavior = HttpBehavior(chunk_bytes=640, chunk_delay=0.01)
+    tts = make_http_tts()
+    await speak(tts, SHORT)
+    probes = http_server.received.probes
+    await interrupt_after_first_audio(tts, LONG_REPLY)
+    await eventually(lambda: http_server.received.probes > probes)  # reopened at once
+    await asyncio.sleep(0.1)  # the caller is still talking: every reopen has finished
+    opened = len(http_server.received.connections)
+    http_server.behavior = HttpBehavior()
+    spoken = await speak(tts, SHORT)
+    assert spoken.digest == expected_digest([SHORT])
+    assert len(http_server.received.connections) == opened  # no new connection for it
+
+
+async def test_each_reply_names_its_stream_and_the_default_rate_is_not_sent(
+    http_server: FakeHttpServer, make_http_tts: MakeHttpTTS
+) -> None:
+    # the stream lets our server admit a reply as a whole (its later sentences are never
+    # refused); both travel where OpenAI's own API, which refuses unknown fields, ignores them
+    tts = make_http_tts(sample_rate=24000)
+    await speak(tts, LONG_REPLY)
+    first_reply = len(http_server.received.requests)
+    await speak(tts, SHORT)
+    streams = [h.get(STREAM_HEADER) for h in http_server.received.headers]
+    assert None not in streams
+    assert len(set(streams[:first_reply])) == 1 and len(set(streams[first_reply:])) == 1
+    assert streams[0] != streams[-1]
+    assert all("sample_rate" not in body for body in http_server.received.requests)
+    await speak(make_http_tts(sample_rate=16000), SHORT)
+    assert http_server.received.requests[-1]["sample_rate"] == 16000
 
 
 async def test_a_busy_server_before_the_first_audio_is_retried_with_no_text_lost(

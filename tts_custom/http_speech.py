@@ -17,15 +17,17 @@ from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
 
 import knowlithic_protocol as protocol
+from knowlithic_protocol.http import (
+    MODELS_PATH,
+    OPENAI_PCM_RATE,
+    RATE_HEADER,
+    SPEECH_PATH,
+    STREAM_HEADER,
+)
 
 from .errors import ERR_UNAUTHORIZED
 
-SPEECH_PATH: Final = "/v1/audio/speech"
-MODELS_PATH: Final = "/v1/models"
 DEFAULT_MODEL: Final = "knowlithic"
-# OpenAI defines "pcm" as 24 kHz 16-bit mono; our server states its rate in X-Sample-Rate
-OPENAI_PCM_RATE: Final = 24000
-RATE_HEADER: Final = "X-Sample-Rate"
 _HTTP_SCHEMES: Final = {"ws": "http", "wss": "https", "http": "http", "https": "https"}
 # paths that name an endpoint on the base URL rather than the base: dropped
 _ENDPOINT_SUFFIXES: Final = ("/v1/tts", "/v1")
@@ -86,11 +88,20 @@ def request_body(msg: protocol.TextToSpeech, model: str) -> dict[str, Any]:
         "input": msg.text,
         "voice": msg.voice,
         "response_format": msg.output_format,
-        "sample_rate": msg.sample_rate,
     }
+    if msg.sample_rate != OPENAI_PCM_RATE:  # ours: OpenAI's own API refuses fields it lacks
+        body["sample_rate"] = msg.sample_rate
     if msg.bitrate is not None:
         body["bitrate"] = msg.bitrate
     return body
+
+
+def request_headers(msg: protocol.TextToSpeech) -> dict[str, str]:
+    """Ours, which other servers ignore: the request's id (for logs) and its reply's."""
+    headers = {"X-Request-Id": msg.request_id}
+    if msg.stream_id is not None:
+        headers[STREAM_HEADER] = msg.stream_id
+    return headers
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ can reach another request.  No word timings come over HTTP.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable, Mapping
 from typing import Final
@@ -26,7 +27,15 @@ from livekit.agents import APIConnectionError, APIError, APITimeoutError
 import knowlithic_protocol as protocol
 
 from .errors import connection_lost_error, handshake_error, redact_url
-from .http_speech import CAPABILITIES, AudioStream, Endpoints, audio_stream, refusal, request_body
+from .http_speech import (
+    CAPABILITIES,
+    AudioStream,
+    Endpoints,
+    audio_stream,
+    refusal,
+    request_body,
+    request_headers,
+)
 from .log import logger
 from .transport import ConnectionLost, RequestEvent, next_event
 from .wav_splitter import WavSplitter
@@ -94,6 +103,8 @@ class HttpChannel:
         self._transport._unroute(self)
         if self._exchange is not None and not self._exchange.done():
             self._exchange.cancel()
+            # its connection closes with it: open another now, not in the next turn's wait
+            self._transport._refill()
 
 
 class HttpTransport:
@@ -123,6 +134,7 @@ class HttpTransport:
         self._owed_since: float | None = None  # as the WebSocket transport's
         self.answered = 0
         self.on_first_answer: Callable[[], None] | None = None
+        self._refills: set[asyncio.Task[None]] = set()
         self._warmer = (
             asyncio.create_task(self._keep_warm(min(keep_warm, KEEP_WARM_MAX)))
             if keep_warm
@@ -181,6 +193,7 @@ class HttpTransport:
         tasks = [c._exchange for c in self._routes.values() if c._exchange is not None]
         if self._warmer is not None:
             tasks.append(self._warmer)
+        tasks.extend(self._refills)
         for task in tasks:
             task.cancel()
         current = asyncio.current_task()
@@ -208,7 +221,7 @@ class HttpTransport:
         self, channel: HttpChannel, msg: protocol.TextToSpeech
     ) -> protocol.Complete | protocol.Error:
         body = request_body(msg, self._model)
-        headers = {**self._headers, "X-Request-Id": msg.request_id}
+        headers = {**self._headers, **request_headers(msg)}
         for attempt in (1, 2):
             headers_came = False
             try:
@@ -270,6 +283,21 @@ class HttpTransport:
             self._idle.set()
             self._owed_since = None
 
+    def _refill(self) -> None:
+        """Open a kept-alive connection in place of one a closed response took down.  A
+        failure here says nothing the next request would not: it is left to that request."""
+        if self._lost is not None:
+            return
+
+        async def reopen() -> None:
+            with contextlib.suppress(TimeoutError, aiohttp.ClientError, OSError):
+                async with asyncio.timeout(KEEP_WARM_MAX):
+                    await _probe(self._session, self._endpoints.models, self._headers)
+
+        task = asyncio.create_task(reopen(), name="knowlithic.http.refill")
+        self._refills.add(task)
+        task.add_done_callback(self._refills.discard)
+
     def _lose(self, lost: ConnectionLost) -> None:
         """The link is gone: every open request learns it now, and its response closes."""
         if self._lost is None:
@@ -289,6 +317,8 @@ class HttpTransport:
                 exchange.cancel()
         if self._warmer is not None and self._warmer is not current:
             self._warmer.cancel()
+        for task in self._refills:
+            task.cancel()
         self._gone.set()
 
     async def _keep_warm(self, interval: float) -> None:

@@ -11,6 +11,7 @@ from typing import Final
 from aiohttp import web
 
 import knowlithic_protocol as protocol
+from knowlithic_protocol import http
 
 from . import __version__, http_speech
 from .access import authorized, client_key, limit_unsent
@@ -57,9 +58,9 @@ def create_app(config: ServerConfig, engine: Engine | None = None) -> web.Applic
     app.router.add_get("/health", _health)
     app.router.add_get("/v1/voices", _voices)
     # OpenAI's speech API (tts_server/http_speech.py)
-    app.router.add_post("/v1/audio/speech", _speech)
-    app.router.add_get("/v1/audio/voices", _audio_voices)
-    app.router.add_get("/v1/models", _models)
+    app.router.add_post(http.SPEECH_PATH, _speech)
+    app.router.add_get(http.VOICES_PATH, _audio_voices)
+    app.router.add_get(http.MODELS_PATH, _models)
     app.router.add_get("/metrics", _metrics)
     app.on_startup.append(_startup)
     app.on_shutdown.append(_shutdown)

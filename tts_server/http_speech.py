@@ -25,7 +25,7 @@ from typing import Final, Literal
 from aiohttp import web
 
 import knowlithic_protocol as protocol
-from knowlithic_protocol import formats
+from knowlithic_protocol import formats, http
 
 from . import openai_api
 from .access import authorized, client_key, limit_unsent
@@ -110,8 +110,11 @@ async def _answer(request: web.Request, state: ServerState) -> web.StreamRespons
     )
     if isinstance(parsed, ApiError):
         return parsed
+    stream_id = openai_api.parse_stream_id(request.headers.get(http.STREAM_HEADER))
+    if isinstance(stream_id, ApiError):
+        return stream_id
     client = client_key(request)
-    msg = parsed.message(uuid.uuid4().hex)
+    msg = parsed.message(uuid.uuid4().hex, stream_id)
     verdict = judge(state, msg, client=client, in_flight=0, duplicate=False, speed=parsed.speed)
     if isinstance(verdict, Refuse):
         state.metrics.errors.labels(verdict.code).inc()
@@ -153,7 +156,7 @@ def _audio_headers(parsed: SpeechRequest, sample_rate: int) -> dict[str, str]:
         else openai_api.CONTENT_TYPES[parsed.response_format],
         # the rate the audio is at (a codec may not offer the rate asked for): raw PCM
         # says it nowhere else
-        "X-Sample-Rate": str(sample_rate),
+        http.RATE_HEADER: str(sample_rate),
         "Cache-Control": "no-store",
     }
 
@@ -299,7 +302,9 @@ class HttpSpeech:
         rendering.release()
         state.capacity.release()
         state.streams.end(
-            self._verdict.stream, misestimate=rendering.audio_seconds - self._verdict.estimate
+            self._verdict.stream,
+            cancelled=outcome == "closed",  # the client went: its reply is over
+            misestimate=rendering.audio_seconds - self._verdict.estimate,
         )
         state.metrics.active_requests.dec()
         state.metrics.requests.labels(outcome).inc()

@@ -19,6 +19,11 @@ The body (``POST /v1/audio/speech``, JSON) has OpenAI's fields and two of ours:
 * ``sample_rate`` (ours): 8000 to 48000 Hz, default 24000, OpenAI's rate for every format
   (Opus and MP3 take the nearest rate their codec has; ``X-Sample-Rate`` says which);
 * ``bitrate`` (ours): Opus's bit rate, 6000 to 64000 bit/s.
+
+One header of ours: ``X-Stream-Id`` groups the requests of one reply (one per sentence), as
+``stream_id`` does on the WebSocket: the reply is admitted or refused as a whole at its first
+sentence, and its later sentences are rendered by when their listener needs them.  A header,
+not a body field, so a client that sends it still works with OpenAI's own API.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal, TypeAlias
 
 import knowlithic_protocol as protocol
+from knowlithic_protocol import http
 from knowlithic_protocol.limits import (
     MAX_BITRATE,
     MAX_SAMPLE_RATE,
@@ -49,7 +55,7 @@ CONTENT_TYPES: Final[dict[ResponseFormat, str]] = {
     "pcm": "audio/pcm",
 }
 SSE_CONTENT_TYPE: Final = "text/event-stream"
-DEFAULT_SAMPLE_RATE: Final = 24000  # OpenAI's, for every format
+DEFAULT_SAMPLE_RATE: Final = http.OPENAI_PCM_RATE  # for every format
 MIN_SPEED: Final = 0.25
 MAX_SPEED: Final = 4.0
 # OpenAI's stock voices: a client written for OpenAI names one of them, and gets the default.
@@ -113,10 +119,11 @@ class SpeechRequest:
     bitrate: int | None
     speed: float = 1.0
 
-    def message(self, request_id: str) -> protocol.TextToSpeech:
+    def message(self, request_id: str, stream_id: str | None = None) -> protocol.TextToSpeech:
         """The request as the protocol's message: what admission and rendering take."""
         return protocol.TextToSpeech(
             request_id=request_id,
+            stream_id=stream_id,
             text=self.input,
             voice=self.voice,
             sample_rate=self.sample_rate,
@@ -220,6 +227,19 @@ def parse_speech(
         bitrate=bitrate,
         speed=speed,
     )
+
+
+def parse_stream_id(value: str | None) -> str | ApiError | None:
+    """The reply a request belongs to (``X-Stream-Id``), if it says."""
+    if value is None:
+        return None
+    if not 0 < len(value) <= protocol.MAX_REQUEST_ID_LENGTH or not value.isprintable():
+        return invalid(
+            http.STREAM_HEADER,
+            f"{http.STREAM_HEADER} must be 1 to {protocol.MAX_REQUEST_ID_LENGTH} printable "
+            "characters",
+        )
+    return value
 
 
 def _voice(value: Any, voices: frozenset[str], default_voice: str) -> str | ApiError:

@@ -17,6 +17,8 @@ import aiohttp
 import av
 import pytest
 
+import knowlithic_protocol as protocol
+from knowlithic_protocol.http import STREAM_HEADER
 from tts_server.state import ServerState
 
 from .helpers import RunningServer, StartServer
@@ -294,6 +296,41 @@ async def test_a_full_server_answers_503_with_retry_after(
     assert sample_value(server, "knowlithic_tts_busy_refusals_total", {"reason": "cap"}) == 1
     status, _, _ = await post(http, server, {"input": "Hi.", "response_format": "pcm"})
     assert status == 200
+
+
+async def test_a_reply_named_by_x_stream_id_is_admitted_as_a_whole(
+    start_server: StartServer,
+    http: aiohttp.ClientSession,
+    gate_server: Callable[[RunningServer], Gate],
+) -> None:
+    # one request per sentence, as the plugin sends them: a full server refuses a new reply,
+    # never the next sentence of one it is speaking
+    server = await start_server(max_streams=1)
+    gate = gate_server(server)
+    reply = {STREAM_HEADER: "reply-a"}
+    body = {"input": LONG, "response_format": "pcm"}
+    async with http.post(server.url(SPEECH), json=body, headers=reply) as first:
+        assert first.status == 200
+        await first.content.readany()  # admitted, and held at its second segment
+        status, _, data = await post(http, server, body, headers={STREAM_HEADER: "reply-b"})
+        assert (status, json.loads(data)["error"]["code"]) == (503, "busy")
+        second = asyncio.ensure_future(
+            post(http, server, {"input": "Hi.", "response_format": "pcm"}, headers=reply)
+        )
+        await until(lambda: server.state.capacity.in_use == 2)  # judged while the first runs
+        gate.opened.set()
+        status, _, data = await second
+        assert status == 200 and data
+        assert len(await first.read()) > 0
+    await until(lambda: idle(server.state))
+
+
+async def test_a_malformed_x_stream_id_is_a_400_naming_it(
+    server: RunningServer, http: aiohttp.ClientSession
+) -> None:
+    headers = {STREAM_HEADER: "x" * (protocol.MAX_REQUEST_ID_LENGTH + 1)}
+    status, _, data = await post(http, server, {"input": "Hi."}, headers=headers)
+    assert status == 400 and json.loads(data)["error"]["param"] == STREAM_HEADER
 
 
 async def test_a_draining_server_answers_503_shutting_down(
