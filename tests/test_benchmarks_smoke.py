@@ -113,3 +113,11 @@ def test_failover(capsys: pytest.CaptureFixture[str]) -> None:
     failover.main(["--rounds", "1"])
     out = capsys.readouterr().out
     assert "first audio, preferred full" in out and "silence, one server restarted" in out
+
+
+def test_http_transport(capsys: pytest.CaptureFixture[str]) -> None:
+    from bench import http_transport
+
+    http_transport.main(["--rounds", "1", "--texts", "1", "--rtts", "0.02"])
+    out = capsys.readouterr().out
+    assert "after an interruption" in out and "Piper's HTTP server" in out
