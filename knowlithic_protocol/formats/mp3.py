@@ -25,7 +25,7 @@ import numpy as np
 
 from ..limits import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE
 from .base import AudioFormatError, PcmChunk
-from .opus import _mono_frame, _mono_s16, _resampled  # the PyAV plumbing both share
+from .pyav import INT16, Resampler, check_encoder, mono_s16, open_encoder
 
 MP3_RATES: Final = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
 # bit/s when a request names none: speech at 24 kHz mono is clear at 64 kbit/s, and OpenAI
@@ -35,8 +35,6 @@ MIN_MP3_BITRATE: Final = 8000
 MAX_MP3_BITRATE: Final = 160000
 # an MP3 frame is at most 2881 bytes; a decoder holding more than this has no frame in sight
 _MAX_PENDING: Final = 64 * 1024
-
-_Int16: Final = np.dtype("<i2")
 
 
 def mp3_rate(requested: int) -> int:
@@ -49,30 +47,15 @@ class Mp3Encoder:
 
     def __init__(self, *, sample_rate: int, bitrate: int | None = None) -> None:
         bitrate = DEFAULT_MP3_BITRATE if bitrate is None else bitrate
-        if not MIN_MP3_BITRATE <= bitrate <= MAX_MP3_BITRATE:
-            raise ValueError(
-                f"bitrate {bitrate} is out of range: from {MIN_MP3_BITRATE} to "
-                f"{MAX_MP3_BITRATE} bit/s"
-            )
-        if not MIN_SAMPLE_RATE <= sample_rate <= MAX_SAMPLE_RATE:
-            raise ValueError(
-                f"sample rate {sample_rate} is out of range: from {MIN_SAMPLE_RATE} to "
-                f"{MAX_SAMPLE_RATE} Hz"
-            )
-        self._in_rate = sample_rate
-        self._rate = mp3_rate(sample_rate)
-        self._resampler = (
-            None
-            if self._rate == sample_rate
-            else av.AudioResampler(format="s16", layout="mono", rate=self._rate)
+        check_encoder(
+            bitrate=bitrate, low=MIN_MP3_BITRATE, high=MAX_MP3_BITRATE, sample_rate=sample_rate
         )
-        codec = av.CodecContext.create("libmp3lame", "w")
-        assert isinstance(codec, av.AudioCodecContext)
-        codec.sample_rate = self._rate
-        codec.layout = "mono"
-        codec.format = "s16p"  # mono: the same bytes as packed s16
-        codec.bit_rate = bitrate
-        codec.open()
+        self._rate = mp3_rate(sample_rate)
+        self._resampler = Resampler.between(sample_rate, self._rate)
+        # mono: planar s16 is the same bytes as packed
+        codec = open_encoder(
+            "libmp3lame", sample_rate=self._rate, sample_format="s16p", bitrate=bitrate
+        )
         self._codec = codec
         self._frame_samples = codec.frame_size  # 1152 (MPEG-1) or 576 (MPEG-2, <= 24 kHz)
         self._pending = bytearray()  # less than a frame, at the MP3 rate
@@ -107,17 +90,10 @@ class Mp3Encoder:
     def _resample(self, pcm: bytes, *, flush: bool) -> bytes:
         if self._resampler is None:
             return pcm
-        out = b""
-        if pcm:
-            out += _resampled(
-                self._resampler, _mono_frame(np.frombuffer(pcm, dtype=_Int16), self._in_rate)
-            )
-        if flush:
-            out += _resampled(self._resampler, None)
-        return out
+        return self._resampler.feed(pcm) + (self._resampler.flush() if flush else b"")
 
     def _encode_frame(self, pcm: bytes) -> bytes:
-        samples = np.frombuffer(pcm, dtype=_Int16)
+        samples = np.frombuffer(pcm, dtype=INT16)
         frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16p", layout="mono")
         frame.sample_rate = self._rate
         frame.pts = self._pts
@@ -167,7 +143,7 @@ class Mp3Decoder:
             if not MIN_SAMPLE_RATE <= frame.sample_rate <= MAX_SAMPLE_RATE:
                 raise AudioFormatError(f"an MP3 frame states {frame.sample_rate} Hz")
             self._rate = frame.sample_rate
-            pcm += _mono_s16(frame).tobytes()
+            pcm += mono_s16(frame).tobytes()
         if not pcm:
             return None
         return PcmChunk(pcm=bytes(pcm), sample_rate=self._rate, num_channels=1)

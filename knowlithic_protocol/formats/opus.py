@@ -27,9 +27,10 @@ import av.error
 import numpy as np
 import numpy.typing as npt
 
-from ..limits import DEFAULT_BITRATE, MAX_BITRATE, MAX_SAMPLE_RATE, MIN_BITRATE, MIN_SAMPLE_RATE
+from ..limits import DEFAULT_BITRATE, MAX_BITRATE, MIN_BITRATE
 from . import ogg
 from .base import AudioFormatError, PcmChunk
+from .pyav import INT16, Resampler, check_encoder, mono_frame, mono_s16, open_encoder
 
 __all__ = [
     "DEFAULT_BITRATE",
@@ -53,40 +54,10 @@ _MAX_OPUS_PACKET: Final = 6 * 1275 + 64
 # OpusTags may be large (cover art), but a TTS stream has no use for one past this
 _MAX_HEADER_PACKET: Final = 64 * 1024
 
-_Int16: Final = np.dtype("<i2")
-
 
 def opus_rate(requested: int) -> int:
     """The Opus rate nearest to ``requested`` (the higher one on a tie)."""
     return min(OPUS_RATES, key=lambda rate: (abs(rate - requested), -rate))
-
-
-def _mono_frame(samples: npt.NDArray[np.int16], rate: int) -> av.AudioFrame:
-    frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
-    frame.sample_rate = rate
-    return frame
-
-
-def _mono_s16(frame: av.AudioFrame) -> npt.NDArray[np.int16]:
-    """A decoded frame as mono 16-bit samples, whatever its layout and sample format."""
-    array = frame.to_ndarray()
-    channels = frame.layout.nb_channels
-    # planar: one row per channel; packed: one row, channels interleaved
-    per_channel = array if frame.format.is_planar else array.reshape(-1, channels).T
-    if np.issubdtype(per_channel.dtype, np.floating):
-        per_channel = np.clip(per_channel * 32768.0, -32768, 32767)
-    mono: npt.NDArray[np.int16] = (
-        per_channel[0].astype(_Int16)
-        if channels == 1
-        else (per_channel.astype(np.int32).sum(axis=0) // channels).astype(_Int16)  # the mean
-    )
-    return mono
-
-
-def _resampled(resampler: av.AudioResampler, frame: av.AudioFrame | None) -> bytes:
-    return b"".join(
-        bytes(f.to_ndarray().astype(_Int16).tobytes()) for f in resampler.resample(frame)
-    )
 
 
 class OpusEncoder:
@@ -94,32 +65,16 @@ class OpusEncoder:
 
     def __init__(self, *, sample_rate: int, bitrate: int | None = None) -> None:
         bitrate = DEFAULT_BITRATE if bitrate is None else bitrate
-        if not MIN_BITRATE <= bitrate <= MAX_BITRATE:
-            raise ValueError(
-                f"bitrate {bitrate} is out of range: from {MIN_BITRATE} to {MAX_BITRATE} bit/s"
-            )
-        if not MIN_SAMPLE_RATE <= sample_rate <= MAX_SAMPLE_RATE:
-            raise ValueError(
-                f"sample rate {sample_rate} is out of range: from {MIN_SAMPLE_RATE} to "
-                f"{MAX_SAMPLE_RATE} Hz"
-            )
-        self._in_rate = sample_rate
+        check_encoder(bitrate=bitrate, low=MIN_BITRATE, high=MAX_BITRATE, sample_rate=sample_rate)
         self._rate = opus_rate(sample_rate)
-        self._resampler = (
-            None
-            if self._rate == sample_rate
-            else av.AudioResampler(format="s16", layout="mono", rate=self._rate)
+        self._resampler = Resampler.between(sample_rate, self._rate)
+        codec = open_encoder(
+            "libopus",
+            sample_rate=self._rate,
+            sample_format="s16",
+            bitrate=bitrate,
+            options={"application": "voip", "frame_duration": str(FRAME_MS)},
         )
-        codec = av.CodecContext.create("libopus", "w")
-        assert isinstance(codec, av.AudioCodecContext)
-        codec.sample_rate = self._rate
-        codec.layout = "mono"
-        codec.format = "s16"
-        codec.bit_rate = bitrate
-        codec.options = {"application": "voip", "frame_duration": str(FRAME_MS)}
-        codec.open()
-        if codec.options:  # FFmpeg leaves the options it did not take
-            raise RuntimeError(f"this libopus ignores the options {codec.options}")
         self._codec = codec
         self._frame_samples = self._rate * FRAME_MS // 1000
         # libopus's OpusHead: its pre-skip is the encoder's lookahead (FFmpeg's
@@ -177,16 +132,10 @@ class OpusEncoder:
     def _resample(self, pcm: bytes, *, flush: bool) -> bytes:
         if self._resampler is None:
             return pcm
-        out = b""
-        if pcm:
-            frame = _mono_frame(np.frombuffer(pcm, dtype=_Int16), self._in_rate)
-            out += _resampled(self._resampler, frame)
-        if flush:
-            out += _resampled(self._resampler, None)
-        return out
+        return self._resampler.feed(pcm) + (self._resampler.flush() if flush else b"")
 
     def _encode_frame(self, pcm: bytes, real_samples: int) -> list[bytes]:
-        frame = _mono_frame(np.frombuffer(pcm, dtype=_Int16), self._rate)
+        frame = mono_frame(np.frombuffer(pcm, dtype=INT16), self._rate)
         frame.pts = self._pts
         self._pts += self._frame_samples
         self._samples_in += real_samples
@@ -226,7 +175,7 @@ class OpusDecoder:
         self._tags = False
         self._position = 0  # 48 kHz samples decoded, pre-skip included
         self._start: int | None = None  # the granule position of the stream's first sample
-        self._resampler: av.AudioResampler | None = None
+        self._resampler: Resampler | None = None
         self._flushed = False
 
     @property
@@ -319,7 +268,7 @@ class OpusDecoder:
         self._pre_skip = pre_skip
         self._rate = input_rate if input_rate in OPUS_RATES else _GRANULE_RATE
         if self._rate != _GRANULE_RATE:
-            self._resampler = av.AudioResampler(format="s16", layout="mono", rate=self._rate)
+            self._resampler = Resampler(_GRANULE_RATE, self._rate)
 
     def _decode(self, packet: bytes) -> npt.NDArray[np.int16]:
         assert self._codec is not None
@@ -334,20 +283,20 @@ class OpusDecoder:
                 "the audio is corrupt"
             ) from None
         if not frames:
-            return np.zeros(0, dtype=_Int16)
-        return np.concatenate([_mono_s16(frame) for frame in frames])
+            return np.zeros(0, dtype=INT16)
+        return np.concatenate([mono_s16(frame) for frame in frames])
 
     def _resample(self, pcm: bytes) -> bytes:
-        if self._resampler is None or not pcm:
+        if self._resampler is None:
             return pcm
-        return _resampled(self._resampler, _mono_frame(np.frombuffer(pcm, _Int16), _GRANULE_RATE))
+        return self._resampler.feed(pcm)
 
     def _flush(self) -> bytes:
         # the resampler's filter holds a few samples back until the end
         if self._resampler is None or self._flushed:
             return b""
         self._flushed = True
-        return _resampled(self._resampler, None)
+        return self._resampler.flush()
 
     def _chunk(self, pcm: bytes) -> PcmChunk | None:
         if not pcm:
