@@ -200,17 +200,7 @@ class HttpSpeech:
         self._verdict = verdict
         self._parsed = parsed
         self._client = client_key(request)
-        now = asyncio.get_running_loop().time()
-        self._rendering = Rendering(
-            msg,
-            verdict.voice,
-            verdict.segments,
-            state,
-            arrived=now,
-            needed_at=now + verdict.delay,
-            estimate=verdict.estimate,
-            speed=parsed.speed,
-        )
+        self._rendering = Rendering.admitted(msg, verdict, state, speed=parsed.speed)
         self._response: web.StreamResponse | None = None
         self._failed: ApiError | None = None  # the answer, if it failed before any audio
         self._task: asyncio.Task[None] | None = None

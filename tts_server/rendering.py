@@ -25,6 +25,7 @@ from .headroom import Pending
 from .state import ServerState
 from .text import Boundary, Segment, cost
 from .timestamps import TimedWord
+from .verdict import Admit
 
 _LOG = logging.getLogger("tts_server.rendering")
 
@@ -67,6 +68,23 @@ class Rendering:
         due = needed_at + (state.headroom.target if needed_at <= arrived else 0.0)
         self.pending = Pending(costs, [estimate * c / total for c in costs], due)
         state.headroom.add(self.pending)
+
+    @classmethod
+    def admitted(
+        cls, msg: protocol.TextToSpeech, verdict: Admit, state: ServerState, *, speed: float = 1.0
+    ) -> Rendering:
+        """The rendering of a request admission let in, arriving now."""
+        now = asyncio.get_running_loop().time()
+        return cls(
+            msg,
+            verdict.voice,
+            verdict.segments,
+            state,
+            arrived=now,
+            needed_at=now + verdict.delay,
+            estimate=verdict.estimate,
+            speed=speed,
+        )
 
     @property
     def sample_rate(self) -> int:

@@ -175,16 +175,7 @@ class Session:
             self._protocol.start(rid)
             await self._send(protocol.Complete(rid))
             return
-        now = asyncio.get_running_loop().time()
-        rendering = Rendering(
-            msg,
-            verdict.voice,
-            verdict.segments,
-            state,
-            arrived=now,
-            needed_at=now + verdict.delay,
-            estimate=verdict.estimate,
-        )
+        rendering = Rendering.admitted(msg, verdict, state)
         request = _Request(msg, verdict.stream, verdict.estimate, rendering)
         self._requests[rid] = request
         self._protocol.start(rid)
