@@ -48,6 +48,9 @@ class HttpBehavior:
     # close this many requests' connections before answering (a kept-alive connection the
     # server closed just as the client reused it)
     reset_before_answer: int = 0
+    # answer a WebSocket upgrade (any GET but /v1/models) with a 200 page, as a web server
+    # that ignores the Upgrade header does; else there is no such route: 404
+    page_for_upgrade: bool = False
 
 
 @dataclass
@@ -79,6 +82,7 @@ class FakeHttpServer:
         app = web.Application()
         app.router.add_post("/v1/audio/speech", self._speech)
         app.router.add_get("/v1/models", self._models)
+        app.router.add_get("/{path:.*}", self._page)
         self._runner = web.AppRunner(app, shutdown_timeout=0.5, handler_cancellation=True)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", self.port, reuse_address=True)
@@ -94,6 +98,11 @@ class FakeHttpServer:
                     conn.transport.abort()
             await self._runner.cleanup()
             self._runner = None
+
+    async def _page(self, request: web.Request) -> web.StreamResponse:
+        if not self.behavior.page_for_upgrade:
+            raise web.HTTPNotFound()
+        return web.Response(text="<html><body>It works!</body></html>", content_type="text/html")
 
     async def _models(self, request: web.Request) -> web.StreamResponse:
         self.received.probes += 1

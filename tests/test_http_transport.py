@@ -246,9 +246,12 @@ async def test_an_unreachable_server_is_a_connection_error_as_over_the_websocket
     assert "cannot connect to Knowlithic TTS" in info.value.message
 
 
+@pytest.mark.parametrize("upgrade_answer", [404, 200])
 async def test_a_server_without_websocket_is_spoken_to_over_http_and_said_once(
-    http_server: FakeHttpServer, caplog: pytest.LogCaptureFixture
+    http_server: FakeHttpServer, caplog: pytest.LogCaptureFixture, upgrade_answer: int
 ) -> None:
+    # 200: a web server that ignores the Upgrade header and serves a page
+    http_server.behavior = HttpBehavior(page_for_upgrade=upgrade_answer == 200)
     caplog.set_level(logging.INFO, logger="tts_custom.knowlithic")
     tts = TTS(base_url=http_server.url)  # the default transport: websocket
     try:
@@ -259,7 +262,8 @@ async def test_a_server_without_websocket_is_spoken_to_over_http_and_said_once(
         await tts.aclose()
     assert first.digest == expected_digest([TEXT[0]])
     assert second.digest == expected_digest([TEXT[1]])
-    said = [r for r in caplog.records if "refused the WebSocket upgrade (HTTP 404)" in r.message]
+    refused = f"refused the WebSocket upgrade (HTTP {upgrade_answer})"
+    said = [r for r in caplog.records if refused in r.message]
     assert len(said) == 1
 
 

@@ -52,6 +52,13 @@ def handshake_error(url: str, status: int | None) -> APIError:
         return APIStatusError(
             f"Knowlithic TTS is overloaded (HTTP {code})", status_code=code, retryable=True
         )
+    if 200 <= code < 300:  # a web server that ignored the Upgrade header: no WebSocket there
+        return APIStatusError(
+            f"Knowlithic TTS at {redact_url(url)} answered the WebSocket upgrade with a page "
+            f"(HTTP {code}): no WebSocket there",
+            status_code=code,
+            retryable=False,
+        )
     if 400 <= code < 500:
         return APIStatusError(
             f"Knowlithic TTS rejected the WebSocket handshake to {redact_url(url)} (HTTP {code})",

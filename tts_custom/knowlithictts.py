@@ -47,9 +47,10 @@ API_KEY_ENV_VAR: Final = "KNOWLITHIC_API_KEY"
 _WS_SCHEMES: Final = {"ws": "ws", "wss": "wss", "http": "ws", "https": "wss"}
 TransportName: TypeAlias = Literal["websocket", "http"]
 TRANSPORTS: Final[tuple[TransportName, ...]] = get_args(TransportName)
-# a WebSocket upgrade answered so says "no WebSocket here" (a proxy, an HTTP-only server),
-# not "you may not": the same host is then spoken to over HTTP
-NO_WEBSOCKET: Final = frozenset({400, 404, 405, 426})
+# a WebSocket upgrade answered so (a page, a bad request, no such route or method, "upgrade
+# required") says "no WebSocket here" (a proxy, an HTTP-only server), not "you may not": the
+# same host is then spoken to over HTTP
+NO_WEBSOCKET: Final = frozenset({200, 400, 404, 405, 426})
 # the schemes a base_url may have (an http(s) URL means the WebSocket on the same host)
 URL_SCHEMES: Final = tuple(_WS_SCHEMES)
 # query parameters that carry a key: moved to the Authorization header, never sent in a URL
@@ -136,7 +137,8 @@ class TTS(tts.TTS[None]):
                 ``POST /v1/audio/speech`` per sentence (OpenAI's speech API) over kept-alive
                 connections, to this project's server or any OpenAI-compatible one; no word
                 timings then. The URLs are the same either way. A server that answers the
-                WebSocket upgrade with 400, 404, 405 or 426 is spoken to over HTTP (logged once).
+                WebSocket upgrade with a page (200) or 400, 404, 405 or 426 is spoken to over
+                HTTP (logged once).
             model (str, optional): The ``model`` sent over HTTP. Defaults to ``"knowlithic"``.
 
         Each reply waits for a failing server (a restart, a dropped socket, a stall) at most

@@ -8,7 +8,7 @@
 It streams the text exactly as the agent does (sentence by sentence over one WebSocket, or
 with ``--transport http`` one POST per sentence) to the server in KNOWLITHIC_TTS_SERVER
 (default ws://localhost:8000, the self-hosted server); a server that refuses the WebSocket
-upgrade (400, 404, 405, 426) is spoken to over HTTP, as the agent does.
+upgrade (a 200 page, 400, 404, 405, 426) is spoken to over HTTP, as the agent does.
 With ``--format opus`` it asks for the whole text in one request and writes the Ogg Opus
 stream exactly as it arrived: what is on the wire, playable as a file.
 """
