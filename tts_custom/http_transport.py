@@ -37,7 +37,7 @@ from .http_speech import (
     request_headers,
 )
 from .log import logger
-from .transport import ConnectionLost, RequestEvent, next_event
+from .transport import ChannelEvents, ConnectionLost
 from .wav_splitter import WavSplitter
 
 # no limit on a response as a whole: a long sentence streams for seconds, and a stalled one
@@ -52,31 +52,17 @@ class _Lost(Exception):
     """The connection carrying a request failed: the link is gone."""
 
 
-class HttpChannel:
+class HttpChannel(ChannelEvents):
     """One request's response, as events, in the order its bytes arrived."""
 
     def __init__(self, transport: HttpTransport, request_id: str) -> None:
-        self.request_id = request_id
+        super().__init__(request_id)
         self._transport = transport
-        self._queue: asyncio.Queue[RequestEvent] = asyncio.Queue()
-        self.finished = False  # its last event has arrived
-        self.lost = False  # ...and that was the loss of its connection
-        self.answered = asyncio.Event()  # the first event (of any kind) has arrived
-        self.closed = False
         self._exchange: asyncio.Task[None] | None = None
 
     @property
     def transport(self) -> HttpTransport:
         return self._transport
-
-    def _deliver(self, event: RequestEvent) -> None:
-        if self.closed or self.finished:
-            return
-        self.answered.set()
-        if isinstance(event, protocol.Complete | protocol.Error | ConnectionLost):
-            self.finished = True
-            self.lost = isinstance(event, ConnectionLost)
-        self._queue.put_nowait(event)
 
     async def send(self, msg: protocol.TextToSpeech) -> None:
         """Start the request; its response is read in a task of its own."""
@@ -85,9 +71,6 @@ class HttpChannel:
         self._exchange = asyncio.create_task(
             self._transport._exchange(self, msg), name="knowlithic.http"
         )
-
-    async def receive(self, timeout: float) -> RequestEvent:
-        return await next_event(self._queue, timeout, self.request_id)
 
     async def cancel(self) -> None:
         """Close the response (the server sees the client go) and drop what follows."""

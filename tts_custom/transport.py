@@ -111,18 +111,37 @@ class Transport(Protocol):
 Connect: TypeAlias = Callable[[float], Awaitable[Transport]]  # the timeout in seconds
 
 
-async def next_event(
-    queue: asyncio.Queue[RequestEvent], timeout: float, request_id: str
-) -> RequestEvent:
-    """A channel's next event from its queue; ``APITimeoutError`` if none comes in time."""
-    if not queue.empty():  # the common case while audio streams: no timer needed
-        return queue.get_nowait()
-    try:
-        # asyncio.timeout, not wait_for: on 3.11 wait_for wraps the wait in a new task,
-        # an extra task and loop pass for every audio message
-        async with asyncio.timeout(timeout):
-            return await queue.get()
-    except TimeoutError:
-        raise APITimeoutError(
-            f"Knowlithic TTS sent nothing for request {request_id} in {timeout:g} s"
-        ) from None
+class ChannelEvents:
+    """One request's events, in the order they arrived: the half of a :class:`Channel` that
+    both transports share (each adds how it sends, cancels and closes)."""
+
+    def __init__(self, request_id: str) -> None:
+        self.request_id = request_id
+        self._queue: asyncio.Queue[RequestEvent] = asyncio.Queue()
+        self.finished = False  # its last event has arrived
+        self.lost = False  # ...and that was the loss of its link
+        self.answered = asyncio.Event()  # the first event (of any kind) has arrived
+        self.closed = False  # given up: whatever still arrives for it is dropped
+
+    def _deliver(self, event: RequestEvent) -> None:
+        if self.closed or self.finished:
+            return
+        self.answered.set()
+        if isinstance(event, protocol.Complete | protocol.Error | ConnectionLost):
+            self.finished = True
+            self.lost = isinstance(event, ConnectionLost)
+        self._queue.put_nowait(event)
+
+    async def receive(self, timeout: float) -> RequestEvent:
+        """The next event; :class:`APITimeoutError` if none comes within ``timeout`` seconds."""
+        if not self._queue.empty():  # the common case while audio streams: no timer needed
+            return self._queue.get_nowait()
+        try:
+            # asyncio.timeout, not wait_for: on 3.11 wait_for wraps the wait in a new task,
+            # an extra task and loop pass for every audio message
+            async with asyncio.timeout(timeout):
+                return await self._queue.get()
+        except TimeoutError:
+            raise APITimeoutError(
+                f"Knowlithic TTS sent nothing for request {self.request_id} in {timeout:g} s"
+            ) from None

@@ -23,42 +23,28 @@ from knowlithic_protocol.client import ClientProtocol, ConnectionMessage, Ignore
 
 from .errors import connection_lost_error, handshake_error, redact_url
 from .log import logger
-from .transport import ConnectionLost, RequestEvent, next_event
+from .transport import ChannelEvents, ConnectionLost
 
 # a peer that never answers our close frame must not hold the worker (aiohttp waits 10 s)
 CLOSE_TIMEOUT: Final = 2.0
 MAX_MESSAGE_SIZE: Final = 16 * 1024 * 1024
 
 
-class WebSocketChannel:
+class WebSocketChannel(ChannelEvents):
     """The server's messages for one request, in the order they arrived."""
 
     def __init__(self, connection: WebSocketTransport, request_id: str) -> None:
-        self.request_id = request_id
+        super().__init__(request_id)
         self._connection = connection
-        self._queue: asyncio.Queue[RequestEvent] = asyncio.Queue()
-        self.finished = False  # its last message has arrived
-        self.lost = False  # ...and that was the loss of its socket
-        self.answered = asyncio.Event()  # the first message (of any kind) has arrived
         self._slot = False  # holds one of the connection's request slots
 
     @property
     def transport(self) -> WebSocketTransport:
         return self._connection
 
-    def _deliver(self, event: RequestEvent) -> None:
-        self.answered.set()
-        if isinstance(event, protocol.Complete | protocol.Error | ConnectionLost):
-            self.finished = True
-            self.lost = isinstance(event, ConnectionLost)
-        self._queue.put_nowait(event)
-
-    async def receive(self, timeout: float) -> RequestEvent:
-        """The next message for this request; :class:`APITimeoutError` if none comes in time."""
-        return await next_event(self._queue, timeout, self.request_id)
-
     def close(self) -> None:
         """Stop routing messages here; later ones for this request are dropped."""
+        self.closed = True
         self._connection._unroute(self)
 
     async def send(self, msg: protocol.TextToSpeech) -> None:
