@@ -225,8 +225,14 @@ class HttpTransport:
         for attempt in (1, 2):
             headers_came = False
             try:
+                # never followed: a redirect would carry the user's words (and, to the same
+                # host, the key) wherever a hostile or misconfigured server points
                 async with self._session.post(
-                    self._endpoints.speech, json=body, headers=headers, timeout=_NO_TOTAL
+                    self._endpoints.speech,
+                    json=body,
+                    headers=headers,
+                    timeout=_NO_TOTAL,
+                    allow_redirects=False,
                 ) as response:
                     headers_came = True
                     self._heard()
