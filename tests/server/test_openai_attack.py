@@ -1,0 +1,85 @@
+"""POST /v1/audio/speech against hostile clients, through raw sockets: each test injects one
+fault and checks the server stays bounded."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from urllib.parse import urlsplit
+
+import aiohttp
+import pytest
+
+from tts_server import http_speech
+
+from .helpers import RunningServer
+
+SPEECH = "/v1/audio/speech"
+
+
+async def _raw(server: RunningServer) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    url = urlsplit(server.http_url)
+    assert url.hostname is not None and url.port is not None
+    return await asyncio.open_connection(url.hostname, url.port)
+
+
+async def test_a_body_sent_byte_by_byte_is_dropped_after_the_read_timeout(
+    server: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(http_speech, "READ_BODY_TIMEOUT", 0.3)
+    reader, writer = await _raw(server)
+    body = b'{"input": "Hi.", "response_format": "pcm"}'
+    writer.write(
+        b"POST " + SPEECH.encode() + b" HTTP/1.1\r\nHost: x\r\n"
+        b"Content-Type: application/json\r\nContent-Length: "
+        + str(len(body)).encode()
+        + b"\r\n\r\n"
+        + body[:3]
+    )
+    await writer.drain()
+    try:
+        # a slowloris: a byte now and then, never the whole body
+        async def trickle() -> None:
+            with contextlib.suppress(ConnectionError):
+                for byte in body[3:-1]:
+                    await asyncio.sleep(0.1)
+                    writer.write(bytes([byte]))
+                    await writer.drain()
+
+        trickling = asyncio.create_task(trickle())
+        status = await asyncio.wait_for(reader.readline(), timeout=3.0)
+        trickling.cancel()
+        assert status.startswith(b"HTTP/1.1 408"), status
+    finally:
+        writer.close()
+
+
+async def test_json_with_a_charset_parameter_is_accepted(
+    server: RunningServer, http: aiohttp.ClientSession
+) -> None:
+    async with http.post(
+        server.url(SPEECH),
+        data=b'{"input": "Hi.", "response_format": "pcm"}',
+        headers={"Content-Type": "Application/JSON; charset=utf-8"},
+    ) as response:
+        assert response.status == 200 and await response.read()
+
+
+async def test_an_endless_chunked_body_is_413_not_read_forever(server: RunningServer) -> None:
+    reader, writer = await _raw(server)
+    writer.write(
+        b"POST " + SPEECH.encode() + b" HTTP/1.1\r\nHost: x\r\n"
+        b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    chunk = b" " * 65536
+    try:
+        for _ in range(40):  # 2.5 MiB of whitespace: past any body the server takes
+            writer.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            try:
+                await asyncio.wait_for(writer.drain(), timeout=2.0)
+            except (ConnectionError, TimeoutError):
+                break
+        status = await asyncio.wait_for(reader.readline(), timeout=3.0)
+        assert status.startswith(b"HTTP/1.1 413"), status
+    finally:
+        writer.close()
