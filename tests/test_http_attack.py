@@ -3,16 +3,19 @@ fault an attacker (or a broken proxy) would, and checks that it stays contained.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 from livekit.agents import APIConnectOptions, APIStatusError
 
 import knowlithic_protocol as protocol
+from tests.fake_http import FakeHttpServer, HttpBehavior
 from tests.plugin_helpers import speak
-from tts_custom import http_speech
+from tts_custom import http_speech, http_transport
 from tts_custom.knowlithictts import TTS
 
 NO_RETRY = APIConnectOptions(max_retry=0, timeout=1.0)
@@ -97,3 +100,69 @@ def test_a_hostile_sample_rate_header_is_refused_not_a_crash(rate: str) -> None:
     )
     if isinstance(stream, protocol.Error):
         assert not stream.retryable and stream.code == protocol.ERR_UNSUPPORTED
+
+
+async def test_an_interruption_storm_reopens_a_bounded_number_of_connections() -> None:
+    server = FakeHttpServer()
+    await server.start()
+    server.behavior = HttpBehavior(chunk_bytes=640, stall_after_chunks=1)
+    try:
+        async with aiohttp.ClientSession() as session:
+            transport = await http_transport.connect(
+                session, server.url, api_key=None, timeout=2.0, model="m", keep_warm=None
+            )
+            probes = server.received.probes
+            for turn in range(5):  # barge-in after barge-in, each cutting 8 requests
+                channels = []
+                for i in range(8):
+                    channel = await transport.open_request(f"t{turn}-{i}")
+                    await channel.send(
+                        protocol.TextToSpeech(
+                            request_id=f"t{turn}-{i}",
+                            text=f"Sentence {i} of turn {turn}.",
+                            voice="v",
+                            sample_rate=24000,
+                            output_format="pcm",
+                        )
+                    )
+                    channels.append(channel)
+                for channel in channels:
+                    await channel.answered.wait()
+                for channel in channels:
+                    channel.close()
+                # at most as many reopens in flight as connections are kept warm
+                assert len(transport._refills) <= http_transport.MAX_REFILLS
+            await asyncio.sleep(0.2)
+            assert server.received.probes - probes <= 5 * http_transport.MAX_REFILLS
+            await transport.aclose()
+    finally:
+        await server.stop()
+
+
+async def test_the_session_closing_under_a_reopen_leaves_no_failed_task() -> None:
+    server = FakeHttpServer()
+    await server.start()
+    server.behavior = HttpBehavior(chunk_bytes=640, stall_after_chunks=1)
+    failures: list[dict[str, object]] = []
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _loop, context: failures.append(context))
+    try:
+        session = aiohttp.ClientSession()
+        transport = await http_transport.connect(
+            session, server.url, api_key=None, timeout=2.0, model="m", keep_warm=None
+        )
+        channel = await transport.open_request("r")
+        await channel.send(
+            protocol.TextToSpeech(request_id="r", text="A sentence.", voice="v", sample_rate=24000)
+        )
+        await channel.answered.wait()
+        channel.close()  # a reopen starts...
+        refills = set(transport._refills)
+        await session.close()  # ...and the session closes under it
+        await asyncio.gather(*refills, return_exceptions=True)
+        assert all(t.cancelled() or t.exception() is None for t in refills)
+        await transport.aclose()
+    finally:
+        loop.set_exception_handler(None)
+        await server.stop()
+    assert failures == []

@@ -46,6 +46,10 @@ _NO_TOTAL: Final = aiohttp.ClientTimeout(total=None)
 _MAX_ERROR_BODY: Final = 64 * 1024
 # aiohttp closes a client's idle connection after 15 s: a request this often keeps one warm
 KEEP_WARM_MAX: Final = 10.0
+# connections reopened at once after cancelled responses: as many as connect() opens.  A storm
+# of barge-ins cancels many responses; one reopen each would open (and keep) as many
+# connections, and pile up tasks while the server is slow to answer.
+MAX_REFILLS: Final = 2
 
 
 class _Lost(Exception):
@@ -292,11 +296,12 @@ class HttpTransport:
     def _refill(self) -> None:
         """Open a kept-alive connection in place of one a closed response took down.  A
         failure here says nothing the next request would not: it is left to that request."""
-        if self._lost is not None:
+        if self._lost is not None or len(self._refills) >= MAX_REFILLS:
             return
 
         async def reopen() -> None:
-            with contextlib.suppress(TimeoutError, aiohttp.ClientError, OSError):
+            # RuntimeError: the session was closed under it (the TTS is closing)
+            with contextlib.suppress(TimeoutError, aiohttp.ClientError, OSError, RuntimeError):
                 async with asyncio.timeout(KEEP_WARM_MAX):
                     await _probe(self._session, self._endpoints.models, self._headers)
 
