@@ -126,7 +126,13 @@ async def _answer(request: web.Request, state: ServerState) -> web.StreamRespons
         return stream_id
     client = client_key(request)
     msg = parsed.message(uuid.uuid4().hex, stream_id)
-    verdict = judge(state, msg, client=client, in_flight=0, duplicate=False, speed=parsed.speed)
+    # A request has a connection of its own, so the WebSocket's per-connection bound is on
+    # the reply instead: an admitted reply's requests skip the capacity check, and without
+    # it one X-Stream-Id would carry any number of them past the caps.
+    in_flight = state.streams.in_flight((client, stream_id)) if stream_id is not None else 0
+    verdict = judge(
+        state, msg, client=client, in_flight=in_flight, duplicate=False, speed=parsed.speed
+    )
     if isinstance(verdict, Refuse):
         state.metrics.errors.labels(verdict.code).inc()
         _LOG.debug("refused a speech request from %s: %s", client, verdict.code)

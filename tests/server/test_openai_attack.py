@@ -5,14 +5,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
 
+import knowlithic_protocol as protocol
+from knowlithic_protocol.http import STREAM_HEADER
 from tts_server import http_speech
 
-from .helpers import RunningServer
+from .helpers import RunningServer, StartServer
+from .test_openai_speech import LONG, Gate, gate_server, post
+
+__all__ = ["gate_server"]  # a fixture, shared
 
 SPEECH = "/v1/audio/speech"
 
@@ -83,3 +90,31 @@ async def test_an_endless_chunked_body_is_413_not_read_forever(server: RunningSe
         assert status.startswith(b"HTTP/1.1 413"), status
     finally:
         writer.close()
+
+
+async def test_one_admitted_x_stream_id_cannot_carry_unbounded_requests_past_the_caps(
+    start_server: StartServer,
+    http: aiohttp.ClientSession,
+    gate_server: Callable[[RunningServer], Gate],
+) -> None:
+    # An admitted reply's later sentences skip the capacity check (they always have a place):
+    # naming one reply in many concurrent requests must not turn that into unlimited places.
+    server = await start_server(max_streams=1, max_requests_per_connection=2)
+    gate = gate_server(server)
+    headers = {STREAM_HEADER: "reply-1"}
+    body = {"input": LONG, "response_format": "pcm"}
+    async with http.post(server.url(SPEECH), json=body, headers=headers) as first:
+        assert first.status == 200
+        await first.content.readany()  # admitted, and held at its second segment
+        piggybacks = [
+            asyncio.create_task(post(http, server, body, headers=headers)) for _ in range(6)
+        ]
+        done, pending = await asyncio.wait(piggybacks, timeout=3.0)
+        refused = [t.result() for t in done]
+        assert len(refused) >= 5, "every request of the reply was admitted past the caps"
+        for status, response_headers, data in refused:
+            assert status == 503 and int(response_headers["Retry-After"]) >= 1
+            assert json.loads(data)["error"]["code"] == protocol.ERR_TOO_MANY_REQUESTS
+        gate.opened.set()
+        await first.read()
+        await asyncio.gather(*pending)
