@@ -4,6 +4,7 @@ fault an attacker (or a broken proxy) would, and checks that it stays contained.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -166,3 +167,31 @@ async def test_the_session_closing_under_a_reopen_leaves_no_failed_task() -> Non
         loop.set_exception_handler(None)
         await server.stop()
     assert failures == []
+
+
+@pytest.mark.parametrize("status", [400, 422, 500, 503])
+async def test_a_server_echoing_the_key_in_its_error_never_gets_it_logged(
+    status: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    server = _Recorder()
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        if request.method != "POST":
+            return web.json_response({"object": "list", "data": []})
+        await request.read()
+        echoed = request.headers.get("Authorization", "")
+        error = {"message": f"bad request from {echoed}", "type": "x", "code": None}
+        return web.json_response({"error": error}, status=status)
+
+    await server.start(handler)
+    tts = TTS(base_url=server.url, transport="http", api_key=SECRET)
+    try:
+        with pytest.raises(APIStatusError) as info:
+            await speak(tts, "A sentence.", conn_options=NO_RETRY)
+        assert "bad request from" in info.value.message  # the server's words are kept
+    finally:
+        await tts.aclose()
+        await server.stop()
+    for text in (str(info.value), repr(info.value), caplog.text):
+        assert SECRET not in text

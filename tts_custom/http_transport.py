@@ -126,6 +126,8 @@ class HttpTransport:
         self._session = session
         self._endpoints = endpoints
         self._headers = dict(headers)
+        # the key, so that a server echoing it in an error body never gets it into ours
+        self._secret = self._headers.get("Authorization", "").partition(" ")[2].encode()
         self._model = model
         self.connected_at = time.monotonic()
         self._routes: dict[str, HttpChannel] = {}
@@ -242,6 +244,8 @@ class HttpTransport:
                     self._heard()
                     if response.status != 200:
                         raw = await response.content.read(_MAX_ERROR_BODY)
+                        if self._secret:  # quoted in errors, which get logged
+                            raw = raw.replace(self._secret, b"[redacted]")
                         return refusal(response.status, raw, msg.request_id)
                     stream = audio_stream(response.headers, msg.output_format, msg.request_id)
                     if isinstance(stream, protocol.Error):
