@@ -132,9 +132,9 @@ async def test_an_interruption_storm_reopens_a_bounded_number_of_connections() -
                 for channel in channels:
                     channel.close()
                 # at most as many reopens in flight as connections are kept warm
-                assert len(transport._refills) <= http_transport.MAX_REFILLS
+                assert len(transport._refills) <= transport.max_refills
             await asyncio.sleep(0.2)
-            assert server.received.probes - probes <= 5 * http_transport.MAX_REFILLS
+            assert server.received.probes - probes <= 5 * transport.max_refills
             await transport.aclose()
     finally:
         await server.stop()

@@ -46,10 +46,6 @@ _NO_TOTAL: Final = aiohttp.ClientTimeout(total=None)
 _MAX_ERROR_BODY: Final = 64 * 1024
 # aiohttp closes a client's idle connection after 15 s: a request this often keeps one warm
 KEEP_WARM_MAX: Final = 10.0
-# connections reopened at once after cancelled responses: as many as connect() opens.  A storm
-# of barge-ins cancels many responses; one reopen each would open (and keep) as many
-# connections, and pile up tasks while the server is slow to answer.
-MAX_REFILLS: Final = 2
 
 
 class _Lost(Exception):
@@ -122,8 +118,13 @@ class HttpTransport:
         headers: Mapping[str, str],
         model: str,
         keep_warm: float | None,
+        connections: int = 2,
     ) -> None:
         self._session = session
+        # connections reopened at once after cancelled responses: as many as connect()
+        # opened.  A storm of barge-ins cancels many responses; one reopen each would open
+        # (and keep) as many connections, and pile up tasks while the server is slow.
+        self.max_refills = max(1, connections)
         self._endpoints = endpoints
         self._headers = dict(headers)
         # the key, so that a server echoing it in an error body never gets it into ours
@@ -300,7 +301,7 @@ class HttpTransport:
     def _refill(self) -> None:
         """Open a kept-alive connection in place of one a closed response took down.  A
         failure here says nothing the next request would not: it is left to that request."""
-        if self._lost is not None or len(self._refills) >= MAX_REFILLS:
+        if self._lost is not None or len(self._refills) >= self.max_refills:
             return
 
         async def reopen() -> None:
@@ -386,7 +387,14 @@ async def connect(
         ) from None
     if (error := _refused(url, max(statuses))) is not None:
         raise error
-    return HttpTransport(session, endpoints, headers=headers, model=model, keep_warm=keep_warm)
+    return HttpTransport(
+        session,
+        endpoints,
+        headers=headers,
+        model=model,
+        keep_warm=keep_warm,
+        connections=connections,
+    )
 
 
 def _refused(url: str, status: int) -> APIError | None:
