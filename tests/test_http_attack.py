@@ -4,6 +4,7 @@ fault an attacker (or a broken proxy) would, and checks that it stays contained.
 from __future__ import annotations
 
 import asyncio
+import gzip
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -11,7 +12,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from livekit.agents import APIConnectOptions, APIStatusError
+from livekit.agents import APIConnectOptions, APIError, APIStatusError
 
 import knowlithic_protocol as protocol
 from tests.fake_http import FakeHttpServer, HttpBehavior
@@ -195,3 +196,96 @@ async def test_a_server_echoing_the_key_in_its_error_never_gets_it_logged(
         await server.stop()
     for text in (str(info.value), repr(info.value), caplog.text):
         assert SECRET not in text
+
+
+async def test_aclose_with_requests_in_flight_leaves_no_task_or_session_behind(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    server = FakeHttpServer()
+    await server.start()
+    server.behavior = HttpBehavior(chunk_bytes=640, stall_after_chunks=1)
+    failures: list[dict[str, object]] = []
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _loop, context: failures.append(context))
+    try:
+        tts = TTS(base_url=server.url, transport="http")
+        speaking = asyncio.create_task(
+            speak(
+                tts,
+                "One sentence here. And another one. And a third one. And a fourth.",
+                conn_options=APIConnectOptions(max_retry=0, timeout=5.0),
+            )
+        )
+        for _ in range(200):
+            if len(server.received.requests) >= 2:
+                break
+            await asyncio.sleep(0.01)
+        await tts.aclose()
+        speaking.cancel()
+        await asyncio.gather(speaking, return_exceptions=True)
+        await asyncio.sleep(0.1)
+        leftovers = [
+            t
+            for t in asyncio.all_tasks()
+            if t is not asyncio.current_task() and t.get_name().startswith("knowlithic")
+        ]
+        assert leftovers == []
+    finally:
+        loop.set_exception_handler(None)
+        await server.stop()
+    assert failures == []
+    assert "Unclosed" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("shape", "plays"),
+    [("gzip", True), ("html", False), ("closed_after_headers", False), ("endless", True)],
+)
+async def test_odd_success_answers_play_or_fail_cleanly(shape: str, plays: bool) -> None:
+    pcm = b"\x10\x00" * 24000  # half a second at 24 kHz
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        if request.method != "POST":
+            return web.json_response({"object": "list", "data": []})
+        await request.read()
+        if shape == "gzip":
+            return web.Response(
+                body=gzip.compress(pcm),
+                headers={"Content-Type": "audio/pcm; rate=24000", "Content-Encoding": "gzip"},
+            )
+        if shape == "html":
+            return web.Response(text="<html>login</html>", content_type="text/html")
+        response = web.StreamResponse(headers={"Content-Type": "audio/pcm"})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        if shape == "closed_after_headers":
+            assert request.transport is not None
+            request.transport.close()
+            return response
+        while True:  # endless: the client stops reading when it is done with it
+            await response.write(pcm)
+            await asyncio.sleep(0.05)
+
+    server = _Recorder()
+    await server.start(handler)
+    tts = TTS(base_url=server.url, transport="http")
+    try:
+        if plays:
+            spoken = await asyncio.wait_for(_first_audio(tts), timeout=5.0)
+            assert spoken
+        else:
+            with pytest.raises(APIError):
+                await speak(tts, "A sentence.", conn_options=NO_RETRY)
+    finally:
+        await tts.aclose()
+        await server.stop()
+
+
+async def _first_audio(tts: TTS) -> bool:
+    async with tts.stream(conn_options=NO_RETRY) as stream:
+        stream.push_text("A sentence.")
+        stream.end_input()
+        async for ev in stream:
+            if ev.frame.samples_per_channel:
+                return True
+    return False
