@@ -17,7 +17,7 @@ from knowlithic_protocol.http import STREAM_HEADER
 from tts_server import http_speech
 
 from .helpers import RunningServer, StartServer
-from .test_openai_speech import LONG, Gate, gate_server, post
+from .test_openai_speech import LONG, Gate, gate_server, idle, post, until
 
 __all__ = ["gate_server"]  # a fixture, shared
 
@@ -118,3 +118,53 @@ async def test_one_admitted_x_stream_id_cannot_carry_unbounded_requests_past_the
         gate.opened.set()
         await first.read()
         await asyncio.gather(*pending)
+
+
+async def test_a_client_gone_before_the_headers_gives_its_place_back(
+    start_server: StartServer, gate_server: Callable[[RunningServer], Gate]
+) -> None:
+    server = await start_server(max_streams=2)
+    gate = gate_server(server)
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(server.url(SPEECH), json={"input": LONG, "response_format": "pcm"}) as first,
+    ):
+        await first.content.readany()  # the gate's one segment: the rest waits
+        _reader, writer = await _raw(server)
+        body = b'{"input": "Held before its first audio.", "response_format": "pcm"}'
+        writer.write(
+            b"POST " + SPEECH.encode() + b" HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: application/json\r\nContent-Length: "
+            + str(len(body)).encode()
+            + b"\r\n\r\n"
+            + body
+        )
+        await writer.drain()
+        await until(lambda: server.state.capacity.in_use == 2, timeout=3.0)
+        writer.close()  # gone before any header came back
+        await until(lambda: server.state.capacity.in_use == 1, timeout=3.0)
+        assert len(server.state.speeches) == 1
+        gate.opened.set()
+        await first.read()
+    await until(lambda: idle(server.state), timeout=5.0)
+
+
+async def test_another_client_naming_an_admitted_x_stream_id_is_not_admitted_with_it(
+    start_server: StartServer, gate_server: Callable[[RunningServer], Gate]
+) -> None:
+    server = await start_server(max_streams=1)
+    gate = gate_server(server)
+    headers = {STREAM_HEADER: "reply-1"}
+    body = {"input": LONG, "response_format": "pcm"}
+    other_host = aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))
+    async with (
+        aiohttp.ClientSession() as http,
+        aiohttp.ClientSession(connector=other_host) as other,
+        http.post(server.url(SPEECH), json=body, headers=headers) as first,
+    ):
+        assert first.status == 200
+        await first.content.readany()  # admitted, and held at its second segment
+        status, _, data = await post(other, server, body, headers=headers)
+        assert status == 503 and json.loads(data)["error"]["code"] == protocol.ERR_BUSY
+        gate.opened.set()
+        await first.read()
