@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import json
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -289,3 +290,33 @@ async def _first_audio(tts: TTS) -> bool:
             if ev.frame.samples_per_channel:
                 return True
     return False
+
+
+async def test_an_error_body_that_arrives_in_pieces_is_read_whole() -> None:
+    error = {"error": {"message": "no voice 'zed' here", "type": "x", "code": "unknown_voice"}}
+    raw = json.dumps(error).encode()
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        if request.method != "POST":
+            return web.json_response({"object": "list", "data": []})
+        await request.read()
+        response = web.StreamResponse(status=400, headers={"Content-Type": "application/json"})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        for i in range(0, len(raw), 7):  # as a slow proxy passes it on
+            await response.write(raw[i : i + 7])
+            await asyncio.sleep(0.01)
+        await response.write_eof()
+        return response
+
+    server = _Recorder()
+    await server.start(handler)
+    tts = TTS(base_url=server.url, transport="http")
+    try:
+        with pytest.raises(APIStatusError) as info:
+            await speak(tts, "A sentence.", conn_options=NO_RETRY)
+    finally:
+        await tts.aclose()
+        await server.stop()
+    assert "no voice 'zed' here" in info.value.message
+    assert info.value.status_code == 404  # unknown_voice, as over the WebSocket

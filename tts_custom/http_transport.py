@@ -244,7 +244,7 @@ class HttpTransport:
                     headers_came = True
                     self._heard()
                     if response.status != 200:
-                        raw = await response.content.read(_MAX_ERROR_BODY)
+                        raw = await _error_body(response)
                         if self._secret:  # quoted in errors, which get logged
                             raw = raw.replace(self._secret, b"[redacted]")
                         return refusal(response.status, raw, msg.request_id)
@@ -411,6 +411,18 @@ async def _probe(session: aiohttp.ClientSession, url: str, headers: Mapping[str,
     async with session.get(url, headers=headers, allow_redirects=False) as response:
         await response.read()  # so the connection goes back to the pool
         return response.status
+
+
+async def _error_body(response: aiohttp.ClientResponse) -> bytes:
+    """Up to ``_MAX_ERROR_BODY`` bytes of an error body, however many pieces it comes in (one
+    read returns only what has arrived: a body a proxy passes on in pieces lost its message)."""
+    raw = bytearray()
+    while len(raw) < _MAX_ERROR_BODY:
+        chunk = await response.content.read(_MAX_ERROR_BODY - len(raw))
+        if not chunk:
+            break
+        raw += chunk
+    return bytes(raw)
 
 
 def _reason(error: BaseException) -> str:
