@@ -168,3 +168,35 @@ async def test_another_client_naming_an_admitted_x_stream_id_is_not_admitted_wit
         assert status == 503 and json.loads(data)["error"]["code"] == protocol.ERR_BUSY
         gate.opened.set()
         await first.read()
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        (b'{"input": "Hi.", "speed": NaN}', "speed"),
+        (b'{"input": "Hi.", "speed": Infinity}', "speed"),
+        (b'{"input": "Hi.", "speed": true}', "speed"),
+        (b'{"input": "Hi.", "sample_rate": true}', "sample_rate"),
+        (b'{"input": "Hi.", "bitrate": 1e400}', "bitrate"),
+        (b'{"input": "Hi.", "voice": "\\u0000\\u001b[31m"}', "voice"),
+        (b'{"input": "\\udc80"}', "input"),
+        (b'{"input": "\xff\xfe Hi."}', None),
+        (b"[" * 200_000 + b"]" * 200_000, None),
+        (b'{"input": "Hi.", "input": 5}', "input"),  # the last of duplicate keys counts
+    ],
+)
+async def test_hostile_bodies_are_400s_naming_the_field(
+    server: RunningServer,
+    http: aiohttp.ClientSession,
+    body: bytes,
+    param: str | None,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with http.post(
+        server.url(SPEECH), data=body, headers={"Content-Type": "application/json"}
+    ) as response:
+        assert response.status == 400
+        error = (await response.json())["error"]
+    assert error["param"] == param
+    assert "\x1b" not in error["message"] and "\x1b" not in caplog.text
+    assert "Traceback" not in caplog.text
