@@ -200,3 +200,14 @@ async def test_hostile_bodies_are_400s_naming_the_field(
     assert error["param"] == param
     assert "\x1b" not in error["message"] and "\x1b" not in caplog.text
     assert "Traceback" not in caplog.text
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD", "PUT"])
+async def test_other_methods_on_the_speech_route_are_405(
+    start_server: StartServer, http: aiohttp.ClientSession, method: str
+) -> None:
+    server = await start_server(api_key="k3y")
+    async with http.request(method, server.url(SPEECH)) as response:
+        assert response.status == 405
+        assert "k3y" not in await response.text()
+    assert server.state.capacity.in_use == 0
