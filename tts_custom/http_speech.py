@@ -127,6 +127,14 @@ def audio_stream(
             retryable=False,
         )
     rate = _stated_rate(headers, content_type)
+    if rate is not None and not protocol.MIN_SAMPLE_RATE <= rate <= protocol.MAX_SAMPLE_RATE:
+        return protocol.error(
+            protocol.ERR_UNSUPPORTED,
+            f"the server sent audio at {rate} Hz; the plugin plays {protocol.MIN_SAMPLE_RATE} "
+            f"to {protocol.MAX_SAMPLE_RATE} Hz",
+            request_id=request_id,
+            retryable=False,
+        )
     if rate is None and found == "pcm":
         rate = OPENAI_PCM_RATE
     return AudioStream(found, rate)
@@ -140,8 +148,9 @@ def _stated_rate(headers: Mapping[str, str], content_type: str) -> int | None:
         if name.strip().lower() == "rate":
             candidates.append(value)
     for raw in candidates:
-        if raw.strip().isdigit():
-            return int(raw.strip())  # the decoder bounds it (a stated rate is input too)
+        # ASCII digits only: "²".isdigit() is True, and int() refuses it
+        if (digits := raw.strip()).isascii() and digits.isdigit():
+            return int(digits[:12])  # audio_stream bounds it (a stated rate is input too)
     return None
 
 
@@ -174,7 +183,9 @@ def refusal(status: int, body: bytes, request_id: str) -> protocol.Error:
         return protocol.error(
             protocol.ERR_INTERNAL, f"HTTP {status}: {reason}", request_id=request_id
         )
-    if status == 404 and not message:
+    if 300 <= status < 400:  # the transport follows no redirect: the text stays here
+        reason = "the server redirects the request elsewhere; set base_url to the server itself"
+    elif status == 404 and not message:
         reason = f"no POST {SPEECH_PATH} on this server"
     known = code if code in _REQUEST_CODES else protocol.ERR_BAD_REQUEST
     return protocol.error(known, f"HTTP {status}: {reason}", request_id=request_id, retryable=False)

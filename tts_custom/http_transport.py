@@ -101,10 +101,17 @@ class HttpTransport:
         headers: Mapping[str, str],
         model: str,
         keep_warm: float | None,
+        connections: int = 2,
     ) -> None:
         self._session = session
+        # connections reopened at once after cancelled responses: as many as connect()
+        # opened.  A storm of barge-ins cancels many responses; one reopen each would open
+        # (and keep) as many connections, and pile up tasks while the server is slow.
+        self.max_refills = max(1, connections)
         self._endpoints = endpoints
         self._headers = dict(headers)
+        # the key, so that a server echoing it in an error body never gets it into ours
+        self._secret = self._headers.get("Authorization", "").partition(" ")[2].encode()
         self._model = model
         self.connected_at = time.monotonic()
         self._routes: dict[str, HttpChannel] = {}
@@ -208,13 +215,21 @@ class HttpTransport:
         for attempt in (1, 2):
             headers_came = False
             try:
+                # never followed: a redirect would carry the user's words (and, to the same
+                # host, the key) wherever a hostile or misconfigured server points
                 async with self._session.post(
-                    self._endpoints.speech, json=body, headers=headers, timeout=_NO_TOTAL
+                    self._endpoints.speech,
+                    json=body,
+                    headers=headers,
+                    timeout=_NO_TOTAL,
+                    allow_redirects=False,
                 ) as response:
                     headers_came = True
                     self._heard()
                     if response.status != 200:
-                        raw = await response.content.read(_MAX_ERROR_BODY)
+                        raw = await _error_body(response)
+                        if self._secret:  # quoted in errors, which get logged
+                            raw = raw.replace(self._secret, b"[redacted]")
                         return refusal(response.status, raw, msg.request_id)
                     stream = audio_stream(response.headers, msg.output_format, msg.request_id)
                     if isinstance(stream, protocol.Error):
@@ -269,11 +284,12 @@ class HttpTransport:
     def _refill(self) -> None:
         """Open a kept-alive connection in place of one a closed response took down.  A
         failure here says nothing the next request would not: it is left to that request."""
-        if self._lost is not None:
+        if self._lost is not None or len(self._refills) >= self.max_refills:
             return
 
         async def reopen() -> None:
-            with contextlib.suppress(TimeoutError, aiohttp.ClientError, OSError):
+            # RuntimeError: the session was closed under it (the TTS is closing)
+            with contextlib.suppress(TimeoutError, aiohttp.ClientError, OSError, RuntimeError):
                 async with asyncio.timeout(KEEP_WARM_MAX):
                     await _probe(self._session, self._endpoints.models, self._headers)
 
@@ -354,7 +370,14 @@ async def connect(
         ) from None
     if (error := _refused(url, max(statuses))) is not None:
         raise error
-    return HttpTransport(session, endpoints, headers=headers, model=model, keep_warm=keep_warm)
+    return HttpTransport(
+        session,
+        endpoints,
+        headers=headers,
+        model=model,
+        keep_warm=keep_warm,
+        connections=connections,
+    )
 
 
 def _refused(url: str, status: int) -> APIError | None:
@@ -371,6 +394,18 @@ async def _probe(session: aiohttp.ClientSession, url: str, headers: Mapping[str,
     async with session.get(url, headers=headers, allow_redirects=False) as response:
         await response.read()  # so the connection goes back to the pool
         return response.status
+
+
+async def _error_body(response: aiohttp.ClientResponse) -> bytes:
+    """Up to ``_MAX_ERROR_BODY`` bytes of an error body, however many pieces it comes in (one
+    read returns only what has arrived: a body a proxy passes on in pieces lost its message)."""
+    raw = bytearray()
+    while len(raw) < _MAX_ERROR_BODY:
+        chunk = await response.content.read(_MAX_ERROR_BODY - len(raw))
+        if not chunk:
+            break
+        raw += chunk
+    return bytes(raw)
 
 
 def _reason(error: BaseException) -> str:

@@ -135,6 +135,11 @@ class Streams:
         self._expire()
         return key is not None and key in self._streams
 
+    def in_flight(self, key: StreamKey | None) -> int:
+        """Requests of the stream ``key`` in flight now (0 for no stream)."""
+        stream = self._streams.get(key) if key is not None else None
+        return stream.in_flight if stream is not None else 0
+
     def refused(self, key: StreamKey | None) -> bool:
         """Whether ``key`` names a stream refused within the idle window."""
         self._expire()

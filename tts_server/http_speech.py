@@ -41,6 +41,10 @@ _LOG = logging.getLogger("tts_server.http_speech")
 # handler, WebSocket ones included), and a write notices only after the next segment is
 # synthesized: a look every 50 ms frees the place within a tick.
 _WATCH_INTERVAL: Final = 0.05
+# How long a request's whole body may take to arrive: a body (at most client_max_size, 1 MiB)
+# sent a byte now and then (a slowloris) would otherwise hold its connection and handler for
+# ever, before admission ever sees it.
+READ_BODY_TIMEOUT: Final = 10.0
 # when /v1/models says the models were made: fixed, so that the answer never changes
 _MODELS_CREATED: Final = 1_700_000_000
 
@@ -73,7 +77,10 @@ async def speech(request: web.Request, state: ServerState) -> web.StreamResponse
     answer = await _answer(request, state)
     if isinstance(answer, ApiError):
         state.metrics.speech_responses.labels(str(answer.status)).inc()
-        return error_response(answer)
+        response = error_response(answer)
+        if answer is openai_api.BODY_TIMEOUT:
+            response.force_close()  # the rest of its body is never read: not kept alive
+        return response
     return answer
 
 
@@ -98,9 +105,13 @@ async def _answer(request: web.Request, state: ServerState) -> web.StreamRespons
     if not authorized(request, config.api_key):
         return openai_api.UNAUTHORIZED
     try:
-        body = await request.read()
+        async with asyncio.timeout(READ_BODY_TIMEOUT):
+            body = await request.read()
     except web.HTTPRequestEntityTooLarge:
         return openai_api.TOO_LARGE
+    except TimeoutError:
+        _LOG.info("speech client %s sent its body too slowly: dropping it", client_key(request))
+        return openai_api.BODY_TIMEOUT
     parsed = openai_api.parse_speech(
         request.content_type,
         body,
@@ -115,7 +126,13 @@ async def _answer(request: web.Request, state: ServerState) -> web.StreamRespons
         return stream_id
     client = client_key(request)
     msg = parsed.message(uuid.uuid4().hex, stream_id)
-    verdict = judge(state, msg, client=client, in_flight=0, duplicate=False, speed=parsed.speed)
+    # A request has a connection of its own, so the WebSocket's per-connection bound is on
+    # the reply instead: an admitted reply's requests skip the capacity check, and without
+    # it one X-Stream-Id would carry any number of them past the caps.
+    in_flight = state.streams.in_flight((client, stream_id)) if stream_id is not None else 0
+    verdict = judge(
+        state, msg, client=client, in_flight=in_flight, duplicate=False, speed=parsed.speed
+    )
     if isinstance(verdict, Refuse):
         state.metrics.errors.labels(verdict.code).inc()
         _LOG.debug("refused a speech request from %s: %s", client, verdict.code)

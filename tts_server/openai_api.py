@@ -153,6 +153,9 @@ WRONG_CONTENT_TYPE: Final = ApiError(
     "the body must be JSON: send Content-Type: application/json",
     code="unsupported_media_type",
 )
+BODY_TIMEOUT: Final = ApiError(
+    408, "the request body took too long to arrive", code="request_timeout"
+)
 TOO_LARGE: Final = ApiError(413, "the request body is too large", code="request_too_large")
 
 
