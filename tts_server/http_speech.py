@@ -131,7 +131,13 @@ async def _answer(request: web.Request, state: ServerState) -> web.StreamRespons
     # it one X-Stream-Id would carry any number of them past the caps.
     in_flight = state.streams.in_flight((client, stream_id)) if stream_id is not None else 0
     verdict = judge(
-        state, msg, client=client, in_flight=in_flight, duplicate=False, speed=parsed.speed
+        state,
+        msg,
+        client=client,
+        in_flight=in_flight,
+        duplicate=False,
+        speed=parsed.speed,
+        in_flight_on="reply",  # X-Stream-Id's
     )
     if isinstance(verdict, Refuse):
         state.metrics.errors.labels(verdict.code).inc()

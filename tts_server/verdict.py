@@ -58,12 +58,22 @@ def judge(
     in_flight: int,
     duplicate: bool,
     speed: float = 1.0,
+    in_flight_on: str = "connection",
 ) -> Verdict:
     """The verdict on ``msg`` from ``client``, which has ``in_flight`` requests on its
-    connection; ``duplicate``: its id is one of them; ``speed``: the pace it is to be spoken
-    at, against the server's own (its audio is that much shorter)."""
+    ``in_flight_on`` (a WebSocket connection, or a reply over HTTP); ``duplicate``: its id is
+    one of them; ``speed``: the pace it is to be spoken at, against the server's own (its
+    audio is that much shorter)."""
     voice = state.resolve(msg.voice)
-    refusal = _refusal(state, msg, voice, client=client, in_flight=in_flight, duplicate=duplicate)
+    refusal = _refusal(
+        state,
+        msg,
+        voice,
+        client=client,
+        in_flight=in_flight,
+        duplicate=duplicate,
+        in_flight_on=in_flight_on,
+    )
     if refusal is not None:
         return refusal
     assert voice is not None
@@ -90,6 +100,7 @@ def _refusal(
     client: str,
     in_flight: int,
     duplicate: bool,
+    in_flight_on: str,
 ) -> Refuse | None:
     """Why the request cannot start, capacity aside."""
     config = state.config
@@ -116,7 +127,7 @@ def _refusal(
     if in_flight >= config.max_requests_per_connection:
         return Refuse(
             protocol.ERR_TOO_MANY_REQUESTS,
-            f"{in_flight} requests are in flight on this connection; the limit "
+            f"{in_flight} requests are in flight on this {in_flight_on}; the limit "
             f"is {config.max_requests_per_connection}",
         )
     return None
