@@ -114,7 +114,9 @@ async def test_one_admitted_x_stream_id_cannot_carry_unbounded_requests_past_the
         assert len(refused) >= 5, "every request of the reply was admitted past the caps"
         for status, response_headers, data in refused:
             assert status == 503 and int(response_headers["Retry-After"]) >= 1
-            assert json.loads(data)["error"]["code"] == protocol.ERR_TOO_MANY_REQUESTS
+            error = json.loads(data)["error"]
+            assert error["code"] == protocol.ERR_TOO_MANY_REQUESTS
+            assert "in flight on this reply" in error["message"]
         gate.opened.set()
         await first.read()
         await asyncio.gather(*pending)
