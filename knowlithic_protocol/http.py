@@ -6,7 +6,10 @@ plugin's translation (``tts_custom.http_speech``); what they must agree on by na
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Final
+
+from .formats import OutputFormat
 
 SPEECH_PATH: Final = "/v1/audio/speech"
 MODELS_PATH: Final = "/v1/models"
@@ -22,3 +25,12 @@ refuse unknown fields (OpenAI's own)."""
 
 OPENAI_PCM_RATE: Final = 24000
 """OpenAI defines ``pcm`` as 24 kHz 16-bit mono; the default rate of every format here."""
+
+CONTENT_TYPES: Final[Mapping[OutputFormat, str]] = {
+    "pcm": "audio/pcm",
+    "wav": "audio/wav",
+    "opus": "audio/ogg",
+    "mp3": "audio/mpeg",
+}
+"""The ``Content-Type`` each format is sent with (what our server says; a client also takes
+the names other servers use for them)."""

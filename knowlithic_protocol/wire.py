@@ -19,7 +19,7 @@ import binascii
 import json
 import struct
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import Any, Final, TypeGuard
 
 from .formats import OUTPUT_FORMATS
 from .limits import (
@@ -157,10 +157,10 @@ def decode_client_message(frame: str | bytes) -> ClientMessage:
         raise ProtocolError(f"unknown message type {kind!r}", request_id=request_id)
 
     text = obj.get("text")
-    if not isinstance(text, str) or not _utf8(text):
+    if not isinstance(text, str) or not is_utf8(text):
         raise ProtocolError("'text' must be a string of valid Unicode", request_id=request_id)
     voice = obj.get("voice")
-    if not isinstance(voice, str) or not 0 < len(voice) <= MAX_VOICE_LENGTH or not _utf8(voice):
+    if not isinstance(voice, str) or not 0 < len(voice) <= MAX_VOICE_LENGTH or not is_utf8(voice):
         raise ProtocolError(
             f"'voice' must be a string of 1 to {MAX_VOICE_LENGTH} characters",
             request_id=request_id,
@@ -189,7 +189,7 @@ def decode_client_message(frame: str | bytes) -> ClientMessage:
     if stream_id is not None and (
         not isinstance(stream_id, str)
         or not 0 < len(stream_id) <= MAX_REQUEST_ID_LENGTH
-        or not _utf8(stream_id)
+        or not is_utf8(stream_id)
     ):
         raise ProtocolError(
             f"'stream_id' must be a string of 1 to {MAX_REQUEST_ID_LENGTH} characters",
@@ -293,7 +293,7 @@ def _capabilities(obj: Mapping[str, Any]) -> Capabilities:
         return tuple(value)
 
     rates = obj.get("sample_rates") or []
-    if not isinstance(rates, list) or not all(_is_int(r) for r in rates):
+    if not isinstance(rates, list) or not all(is_int(r) for r in rates):
         raise ProtocolError("capabilities 'sample_rates' must be a list of integers")
     version = _optional_int(obj, "protocol_version", None)
     if version is None:
@@ -370,10 +370,10 @@ def _optional_request_id(obj: Mapping[str, Any], lenient: bool = False) -> str |
     value = obj.get("request_id")
     if value is None:
         return None
-    if _is_int(value):
+    if is_int(value):
         # the seed's client numbered its requests; servers echo them back as numbers
         value = str(value)
-    if isinstance(value, str) and 0 < len(value) <= MAX_REQUEST_ID_LENGTH and _utf8(value):
+    if isinstance(value, str) and 0 < len(value) <= MAX_REQUEST_ID_LENGTH and is_utf8(value):
         return value
     if lenient:
         return None
@@ -393,12 +393,12 @@ def _optional_int(obj: Mapping[str, Any], key: str, request_id: str | None) -> i
     value = obj.get(key)
     if value is None:
         return None
-    if not _is_int(value):
+    if not is_int(value):
         raise ProtocolError(f"'{key}' must be an integer", request_id=request_id)
     return int(value)
 
 
-def _utf8(value: str) -> bool:
+def is_utf8(value: str) -> bool:
     """False for strings JSON can carry but UTF-8 cannot: lone surrogates ("\\udc80")."""
     try:
         value.encode("utf-8")
@@ -407,7 +407,8 @@ def _utf8(value: str) -> bool:
     return True
 
 
-def _is_int(value: Any) -> bool:
+def is_int(value: Any) -> TypeGuard[int]:
+    """An integer in JSON's sense: ``true`` is a bool, though Python counts it an int."""
     return isinstance(value, int) and not isinstance(value, bool)
 
 

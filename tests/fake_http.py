@@ -18,6 +18,7 @@ from typing import Any, Literal
 from aiohttp import web
 
 from knowlithic_protocol import formats
+from knowlithic_protocol.http import CONTENT_TYPES
 from tests.fake_knowlithic import speech_for, wav_header
 
 Wav = Literal["once", "absent", "per_chunk"]
@@ -137,7 +138,7 @@ class FakeHttpServer:
         rate = b.actual_sample_rate or body.get("sample_rate") or 24000
         chunks = self._chunks(fmt, speech_for(text, rate), rate)
         response = web.StreamResponse()
-        response.content_type = b.content_type or _CONTENT_TYPES[fmt]
+        response.content_type = b.content_type or CONTENT_TYPES[fmt]
         if b.state_rate:
             response.headers["X-Sample-Rate"] = str(rate)
         response.enable_chunked_encoding()
@@ -201,9 +202,6 @@ class FakeHttpServer:
     def _note_connection(self, request: web.Request) -> None:
         if request.transport is not None:
             self.received.connections.add(id(request.transport))
-
-
-_CONTENT_TYPES = {"pcm": "audio/pcm", "wav": "audio/wav", "opus": "audio/ogg"}
 
 
 def _error(status: int, message: str, *, code: str | None, **headers: str) -> web.Response:

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import knowlithic_protocol as protocol
 from knowlithic_protocol.http import (
+    CONTENT_TYPES,
     MODELS_PATH,
     OPENAI_PCM_RATE,
     RATE_HEADER,
@@ -31,18 +32,16 @@ DEFAULT_MODEL: Final = "knowlithic"
 _HTTP_SCHEMES: Final = {"ws": "http", "wss": "https", "http": "http", "https": "https"}
 # paths that name an endpoint on the base URL rather than the base: dropped
 _ENDPOINT_SUFFIXES: Final = ("/v1/tts", "/v1")
+# ours, and the names other servers give the same formats
 _CONTENT_FORMATS: Final[Mapping[str, protocol.OutputFormat]] = {
-    "audio/pcm": "pcm",
+    **{media: fmt for fmt, media in CONTENT_TYPES.items()},
     "audio/l16": "pcm",
     "audio/raw": "pcm",
     "application/octet-stream": "pcm",
-    "audio/wav": "wav",
     "audio/wave": "wav",
     "audio/x-wav": "wav",
     "audio/vnd.wave": "wav",
-    "audio/ogg": "opus",
     "audio/opus": "opus",
-    "audio/mpeg": "mp3",
     "audio/mp3": "mp3",
 }
 # one decoder takes both raw PCM and WAV (servers mislabel one as the other)

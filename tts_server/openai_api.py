@@ -42,18 +42,14 @@ from knowlithic_protocol.limits import (
     MIN_BITRATE,
     MIN_SAMPLE_RATE,
 )
+from knowlithic_protocol.wire import is_int, is_utf8
 
 ResponseFormat: TypeAlias = Literal["mp3", "opus", "wav", "pcm"]
 StreamFormat: TypeAlias = Literal["audio", "sse"]
 
 # In OpenAI's order; the first is the default, as OpenAI's is.
 RESPONSE_FORMATS: Final[tuple[ResponseFormat, ...]] = ("mp3", "opus", "wav", "pcm")
-CONTENT_TYPES: Final[dict[ResponseFormat, str]] = {
-    "mp3": "audio/mpeg",
-    "opus": "audio/ogg",
-    "wav": "audio/wav",
-    "pcm": "audio/pcm",
-}
+CONTENT_TYPES: Final = http.CONTENT_TYPES
 SSE_CONTENT_TYPE: Final = "text/event-stream"
 DEFAULT_SAMPLE_RATE: Final = http.OPENAI_PCM_RATE  # for every format
 MIN_SPEED: Final = 0.25
@@ -183,7 +179,7 @@ def parse_speech(
     text = obj.get("input")
     if text is None:
         return invalid("input", "'input' is required", code="missing_required_parameter")
-    if not isinstance(text, str) or not _utf8(text):
+    if not isinstance(text, str) or not is_utf8(text):
         return invalid("input", "'input' must be a string")
     if not text.strip():
         return invalid("input", "'input' is empty")
@@ -248,7 +244,7 @@ def parse_stream_id(value: str | None) -> str | ApiError | None:
 def _voice(value: Any, voices: frozenset[str], default_voice: str) -> str | ApiError:
     if value is None:
         return default_voice
-    if not isinstance(value, str) or not 0 < len(value) <= MAX_VOICE_LENGTH or not _utf8(value):
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_VOICE_LENGTH or not is_utf8(value):
         return invalid("voice", f"'voice' must be a string of 1 to {MAX_VOICE_LENGTH} characters")
     key = value.strip().lower()
     if key in voices:
@@ -280,18 +276,9 @@ def _integer(obj: dict[str, Any], key: str, low: int, high: int) -> int | ApiErr
     value = obj.get(key)
     if value is None:
         return None
-    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+    if not is_int(value) or not low <= value <= high:
         return invalid(key, f"'{key}' must be an integer from {low} to {high}")
     return value
-
-
-def _utf8(value: str) -> bool:
-    """False for strings JSON can carry but UTF-8 cannot: lone surrogates ("\\udc80")."""
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def refusal(code: str, message: str, *, retry_after: float = 1.0) -> ApiError:
