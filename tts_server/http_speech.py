@@ -220,7 +220,6 @@ class HttpSpeech:
         self._request = request
         self._state = state
         self._msg = msg
-        self._verdict = verdict
         self._parsed = parsed
         self._client = client_key(request)
         self._rendering = Rendering.admitted(msg, verdict, state, speed=parsed.speed)
@@ -228,11 +227,9 @@ class HttpSpeech:
         self._failed: ApiError | None = None  # the answer, if it failed before any audio
         self._task: asyncio.Task[None] | None = None
         self.stop_reason: StopReason | None = None
-        self._released = False
 
     async def run(self) -> web.StreamResponse:
         """Serve it; returns the response (streamed already) or the error it ended with."""
-        self._state.metrics.active_requests.inc()
         task = self._task = asyncio.create_task(self._serve(), name="tts-http-speech")
         try:
             while not task.done():
@@ -308,20 +305,9 @@ class HttpSpeech:
 
     def _release(self, outcome: str) -> None:
         """The request ended: its place, its rendering and its gauge are given back, once."""
-        if self._released:
-            return
-        self._released = True
-        state, rendering = self._state, self._rendering
-        rendering.release()
-        state.capacity.release()
-        state.streams.end(
-            self._verdict.stream,
-            cancelled=outcome == "closed",  # the client went: its reply is over
-            misestimate=rendering.audio_seconds - self._verdict.estimate,
-        )
-        state.metrics.active_requests.dec()
-        state.metrics.requests.labels(outcome).inc()
-        if outcome == "closed":
+        # the client went: its reply is over
+        released = self._rendering.release(outcome, interrupted=outcome == "closed")
+        if released and outcome == "closed":
             _LOG.info("speech request from %s ended: the client went away", self._client)
 
     def _end_badly(self, error: ApiError, code: str) -> None:

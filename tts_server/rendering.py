@@ -19,6 +19,7 @@ import knowlithic_protocol as protocol
 from knowlithic_protocol import formats
 
 from . import audio
+from .admission import StreamKey
 from .audio import StreamResampler
 from .engines import RenderedSegment, Voice
 from .headroom import Pending
@@ -35,7 +36,8 @@ _CLAUSE_PAUSE_RATIO: Final = 0.5
 
 
 class Rendering:
-    """The audio of one request; owns its encoder and its metrics."""
+    """The audio of one admitted request; owns its encoder, its metrics and its booking (the
+    place, the stream's books, the work admission counts) until :meth:`release`."""
 
     def __init__(
         self,
@@ -47,9 +49,13 @@ class Rendering:
         arrived: float,
         needed_at: float,
         estimate: float,
+        stream: StreamKey | None = None,
         speed: float = 1.0,
     ) -> None:
         self._msg = msg
+        self._stream = stream
+        self._estimate = estimate
+        self._released = False
         self._speed = speed  # the pace against the server's own (OpenAI's ``speed``)
         self._voice = voice
         self._segments = segments
@@ -68,12 +74,13 @@ class Rendering:
         due = needed_at + (state.headroom.target if needed_at <= arrived else 0.0)
         self.pending = Pending(costs, [estimate * c / total for c in costs], due)
         state.headroom.add(self.pending)
+        state.metrics.active_requests.inc()
 
     @classmethod
     def admitted(
         cls, msg: protocol.TextToSpeech, verdict: Admit, state: ServerState, *, speed: float = 1.0
     ) -> Rendering:
-        """The rendering of a request admission let in, arriving now."""
+        """The rendering of a request admission let in (its place booked), arriving now."""
         now = asyncio.get_running_loop().time()
         return cls(
             msg,
@@ -83,6 +90,7 @@ class Rendering:
             arrived=now,
             needed_at=now + verdict.delay,
             estimate=verdict.estimate,
+            stream=verdict.stream,
             speed=speed,
         )
 
@@ -92,9 +100,24 @@ class Rendering:
         (known once :meth:`messages` has started)."""
         return self._encoder_rate
 
-    def release(self) -> None:
-        """The request ended: it owes nothing more."""
-        self._state.headroom.remove(self.pending)
+    def release(self, outcome: str, *, interrupted: bool) -> bool:
+        """The request ended with ``outcome`` (a ``requests`` metric label): its place, its
+        work and its gauge are given back, once (True the first time).  ``interrupted``: the
+        reply is over (a cancel, or its client went), so its stream gets no idle window."""
+        if self._released:
+            return False
+        self._released = True
+        state = self._state
+        state.headroom.remove(self.pending)
+        state.capacity.release()
+        state.streams.end(
+            self._stream,
+            cancelled=interrupted,
+            misestimate=self.audio_seconds - self._estimate,
+        )
+        state.metrics.active_requests.dec()
+        state.metrics.requests.labels(outcome).inc()
+        return True
 
     async def messages(self) -> AsyncGenerator[protocol.ServerMessage, None]:
         msg, voice, state = self._msg, self._voice, self._state

@@ -23,7 +23,6 @@ from aiohttp import WSCloseCode, WSMsgType, web
 import knowlithic_protocol as protocol
 from knowlithic_protocol.server import Invalid, ServerProtocol
 
-from .admission import StreamKey
 from .rendering import Rendering
 from .state import ServerState
 from .verdict import NothingToSay, Refuse, judge
@@ -39,8 +38,6 @@ StopReason = Literal["cancel", "shutdown", "closed"]
 @dataclass
 class _Request:
     msg: protocol.TextToSpeech
-    stream: StreamKey | None
-    estimate: float  # seconds of audio expected (a low estimate)
     rendering: Rendering
     task: asyncio.Task[None] | None = None
     stop_reason: StopReason | None = None
@@ -176,10 +173,9 @@ class Session:
             await self._send(protocol.Complete(rid))
             return
         rendering = Rendering.admitted(msg, verdict, state)
-        request = _Request(msg, verdict.stream, verdict.estimate, rendering)
+        request = _Request(msg, rendering)
         self._requests[rid] = request
         self._protocol.start(rid)
-        state.metrics.active_requests.inc()
         request.task = asyncio.create_task(self._serve(request), name=f"tts-request-{rid[:40]}")
 
     # -- one request ---------------------------------------------------------------------------
@@ -219,15 +215,7 @@ class Session:
             # Out of the books before the terminal message goes out, so a client that reuses
             # the id right after reading it is not told it is a duplicate.
             del self._requests[rid]
-            request.rendering.release()
-            self.state.capacity.release()
-            self.state.streams.end(
-                request.stream,
-                cancelled=outcome == "cancelled",
-                misestimate=request.rendering.audio_seconds - request.estimate,
-            )
-            self.state.metrics.active_requests.dec()
-            self.state.metrics.requests.labels(outcome).inc()
+            request.rendering.release(outcome, interrupted=outcome == "cancelled")
             if terminal is None:
                 self._protocol.abandon(rid)
         if terminal is not None:
