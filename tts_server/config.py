@@ -250,7 +250,8 @@ class ServerConfig:
     onnx_threads: int = setting(
         0,
         "ONNX_THREADS",
-        "onnxruntime intra-op threads per synthesis; 0 lets onnxruntime choose (one per core).",
+        "onnxruntime intra-op threads per synthesis; 0: adaptive, a thread per core for a "
+        "synthesis alone and one thread for one beside others (more audio per core under load).",
         convert=_non_negative_int,
     )
     max_text_length: int = setting(
