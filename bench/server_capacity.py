@@ -34,7 +34,14 @@ A table is printed and a plot written to ``docs/benchmarks/server_capacity.png``
 side (the plugin and the framework, N conversations) runs on the same cores as the server;
 "other load" is the CPU that neither used (other people's work on a shared machine): runs
 with other load are noisy, so take the median of several (``--repeat``).  "utilization" is
-the server's own ``knowlithic_tts_synthesis_utilization``, averaged over the run.
+the server's own ``knowlithic_tts_synthesis_utilization``, averaged over the run; "client
+cores" the CPU of this bench's own conversations; "speech s/s" the seconds of audio heard per
+second (the demand on the server, whatever N); "server peak MB" the server's peak resident
+memory since it started.
+
+``--user-turn`` is how long the agent is silent between two replies (the user speaks, the
+agent thinks): the default, 0.5-1.5 s after replies of ~8 s, keeps the agent talking about
+90 % of the time, more than in most calls; ``--user-turn 2,5`` is about 70 %.
 """
 
 from __future__ import annotations
@@ -104,6 +111,9 @@ class Point:
     server_cores: float = 0.0  # the server's CPU use, in cores
     utilization: float = 0.0  # the server's knowlithic_tts_synthesis_utilization, mean
     other_cores: float = 0.0  # CPU used by neither the server nor this bench: the noise
+    client_cores: float = 0.0  # this bench's own CPU (the conversations' clients)
+    speech: float = 0.0  # seconds of audio heard per second: the demand, whatever N
+    server_peak_mb: float = 0.0  # the server's peak resident memory since it started
 
     @property
     def admitted(self) -> list[Reply]:
@@ -303,7 +313,7 @@ Speaker = PluginSpeaker | ProtocolSpeaker
 
 
 async def conversation(
-    speaker: Speaker, index: int, until: float, rng: random.Random
+    speaker: Speaker, index: int, until: float, rng: random.Random, user_turn: tuple[float, float]
 ) -> list[Reply]:
     """Replies one after another, each heard to its end, then the user's turn."""
     replies: list[Reply] = []
@@ -317,7 +327,7 @@ async def conversation(
             turn += 1
             # listen to the end, then the user speaks (or, refused, the agent waits as long)
             await asyncio.sleep(max(0.0, playback_end - time.perf_counter()))
-            await asyncio.sleep(rng.uniform(0.5, 1.5))
+            await asyncio.sleep(rng.uniform(*user_turn))
     finally:
         await speaker.close()
     return replies
@@ -411,6 +421,14 @@ def cpu_seconds(pid: int | str) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def peak_memory_mb(pid: int) -> float:
+    """The peak resident memory of a process so far (VmHWM), in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def machine_busy_seconds() -> float:
     """CPU time the whole machine spent on anything but idling, over all cores."""
     values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
@@ -428,7 +446,9 @@ async def measure(server: Server, limit: str, n: int, args: argparse.Namespace) 
     until = time.perf_counter() + args.duration
     make = PluginSpeaker if args.client == "plugin" else ProtocolSpeaker
     runs = [
-        conversation(make(url, args.tolerance), i, until, random.Random(rng.random()))
+        conversation(
+            make(url, args.tolerance), i, until, random.Random(rng.random()), args.user_turn
+        )
         for i in range(n)
     ]
     point = Point(limit, n)
@@ -444,6 +464,9 @@ async def measure(server: Server, limit: str, n: int, args: argparse.Namespace) 
     wall = time.perf_counter() - wall
     server_cpu, own_cpu = cpu_seconds(pid) - server_cpu, cpu_seconds("self") - own_cpu
     point.server_cores = server_cpu / wall
+    point.client_cores = own_cpu / wall
+    point.speech = sum(r.audio for r in point.replies) / wall
+    point.server_peak_mb = peak_memory_mb(pid)
     point.other_cores = max(0.0, (machine_busy_seconds() - busy - server_cpu - own_cpu) / wall)
     return point
 
@@ -471,7 +494,7 @@ async def sweep(args: argparse.Namespace) -> list[Point]:
 HEADER = (
     "admission        N  replies  admitted  refused  failed  TTFA p50  TTFA p95  "
     "underruns  underrun s  busy p95  busy max  refused (server)  server cores  "
-    "utilization  other load"
+    "utilization  other load  client cores  speech s/s  server peak MB"
 )
 
 
@@ -481,7 +504,8 @@ def row(p: Point) -> str:
         f"{p.refused:8d} {p.failed:7d} {p.ttfa(0.5) * 1000:7.0f}ms {p.ttfa(0.95) * 1000:7.0f}ms "
         f"{p.underruns:10d} {p.underrun_time:11.2f} {p.refusal(0.95) * 1000:7.0f}ms "
         f"{p.refusal(1.0) * 1000:7.0f}ms {p.server_refused:17d} "
-        f"{p.server_cores:13.2f} {p.utilization:12.2f} {p.other_cores:11.2f}"
+        f"{p.server_cores:13.2f} {p.utilization:12.2f} {p.other_cores:11.2f} "
+        f"{p.client_cores:13.2f} {p.speech:11.1f} {p.server_peak_mb:15.0f}"
     )
 
 
@@ -500,6 +524,8 @@ def median_points(runs: list[list[Point]]) -> list[tuple[str, int, dict[str, flo
             "busy_p95": statistics.median(p.refusal(0.95) for p in points),
             "utilization": statistics.median(p.utilization for p in points),
             "other": statistics.median(p.other_cores for p in points),
+            "client": statistics.median(p.client_cores for p in points),
+            "speech": statistics.median(p.speech for p in points),
         }
         table.append((first.limit, first.conversations, figures))
     return table
@@ -559,6 +585,13 @@ def _ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x.strip()]
 
 
+def _seconds_range(text: str) -> tuple[float, float]:
+    low, high = (float(x) for x in text.split(","))
+    if not 0 <= low <= high:
+        raise argparse.ArgumentTypeError("MIN,MAX with 0 <= MIN <= MAX")
+    return low, high
+
+
 def _cpus(text: str) -> set[int]:
     return set(_ints(text))
 
@@ -600,6 +633,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--stall", type=float, default=0.01, help="real-time: underrun s per admitted reply"
     )
+    parser.add_argument(
+        "--user-turn",
+        type=_seconds_range,
+        default=(0.5, 1.5),
+        help="MIN,MAX seconds from the end of one reply to the next (the user speaks, the "
+        "agent thinks): 0.5,1.5 keeps the agent talking ~90%% of the time",
+    )
     parser.add_argument("--server-cpus", type=_cpus, default=None, help="pin the server: 0,1")
     parser.add_argument(
         "--server-args", type=str.split, default=[], help="more server flags, one string"
@@ -617,14 +657,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"\nmedian of {args.repeat} runs")
         print(
             "admission        N  admitted  refused  TTFA p50  TTFA p95  underruns  underrun s"
-            "  busy p95  utilization  other load"
+            "  busy p95  utilization  other load  client cores  speech s/s"
         )
         for limit, n, f in table:
             print(
                 f"{limit:>14} {n:4d} {f['admitted']:9.0f} {f['refused']:8.0f} "
                 f"{f['p50'] * 1000:7.0f}ms {f['p95'] * 1000:7.0f}ms {f['underruns']:10.0f} "
                 f"{f['underrun_time']:11.2f} {f['busy_p95'] * 1000:7.0f}ms "
-                f"{f['utilization']:12.2f} {f['other']:11.2f}"
+                f"{f['utilization']:12.2f} {f['other']:11.2f} {f['client']:13.2f} "
+                f"{f['speech']:11.1f}"
             )
     if "0" in args.limits:
         best = capacity(table, "0", args.ttfa_p95, args.stall)

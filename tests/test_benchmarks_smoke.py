@@ -51,10 +51,29 @@ def test_server_capacity(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
 
     plot = tmp_path / "server_capacity.png"
     server_capacity.main(
-        ["--conversations", "1", "--limits", "0", "--duration", "2", "--plot", str(plot)]
+        [
+            "--conversations",
+            "1",
+            "--limits",
+            "0",
+            "--duration",
+            "2",
+            "--plot",
+            str(plot),
+            "--user-turn",
+            "0.1,0.2",
+        ]
     )
-    assert "capacity without a limit" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "capacity without a limit" in out
     assert plot.stat().st_size > 0
+    assert server_capacity.HEADER.endswith("client cores  speech s/s  server peak MB")
+    point = next(line.split() for line in out.splitlines() if line.lstrip().startswith("0 "))
+    speech, peak = float(point[-2]), float(point[-1])
+    assert 0 < speech < 1.5  # one conversation hears at most real time
+    assert peak > 100  # the server with its voice loaded, in MB
+    with pytest.raises(SystemExit):
+        server_capacity.main(["--user-turn", "2,1"])
 
 
 def test_server_latency(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
