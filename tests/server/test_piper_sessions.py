@@ -115,7 +115,8 @@ def test_a_one_thread_session_that_fails_to_load_leaves_the_wide_one_serving(
     done = threading.Event()
     spare = PiperVoiceRenderer("spare", voice.piper, synthesis=voice.synthesis)
     # in a thread of its own, as the engine runs it (it lowers its own priority)
-    loader = threading.Thread(target=_load_narrow, args=([(spare, b"not an onnx model")], done))
+    models = [(spare, b"not an onnx model")]
+    loader = threading.Thread(target=_load_narrow, args=(models, done, threading.Event()))
     loader.start()
     loader.join(60)
     assert done.is_set()

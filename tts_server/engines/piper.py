@@ -85,7 +85,6 @@ class PiperVoiceRenderer:
         synthesis: SynthesisConfig,
         language: str | None = None,
         bundled: bool = False,
-        narrow: PiperVoice | None = None,
         renders: RenderCount | None = None,
     ) -> None:
         self.name = name
@@ -95,7 +94,7 @@ class PiperVoiceRenderer:
         # The same model with one intra-op thread, for a segment synthesized beside others
         # (None: every segment uses ``piper``; set a moment after start-up, see
         # :func:`_load_narrow`).
-        self.narrow = narrow
+        self.narrow: PiperVoice | None = None
         self._renders = renders or RenderCount()
         self.sample_rate: int = int(piper.config.sample_rate)
         self.language = language
@@ -286,7 +285,7 @@ def _load_piper(spec: VoiceSpec, onnx_threads: int) -> _Loaded:
 def _load_narrow(
     voices: Sequence[tuple[PiperVoiceRenderer, str | bytes]],
     done: threading.Event,
-    stop: threading.Event | None = None,
+    stop: threading.Event,
 ) -> None:
     """Give each voice its one-thread session, warmed up; runs in a thread of its own at a
     low priority while the server starts serving: a restarted server serves at once (with
@@ -295,7 +294,7 @@ def _load_narrow(
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
     try:
         for voice, model in voices:
-            if stop is not None and stop.is_set():
+            if stop.is_set():
                 return
             narrow = PiperVoice(session=_session(model, 1), config=voice.piper.config)
             list(narrow.synthesize(_CALIBRATION_TEXT, _CALIBRATION))  # its first run is slow
